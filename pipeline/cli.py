@@ -1,0 +1,151 @@
+"""`upscaler`: the command line. Exit codes: 0 all succeeded, 3 some images
+failed, 2 usage error (bad arguments, missing source, unloadable model)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
+
+
+def _positive_scale(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("scale must be positive")
+    return value
+
+
+def _storage_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE")
+    try:
+        return key, json.loads(value)  # numbers, booleans, JSON objects
+    except ValueError:
+        return key, value
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", default=None, help="named model, local path or fsspec URL (default: the bundled default)")
+    g.add_argument("--scale", type=_positive_scale, default=None,
+                   help="output scale; may differ from the model's (x3 from x4, x8 in two passes, 2.5)")
+    g.add_argument("--tile", type=int, default=None, help="tile size in input pixels; 0 = whole image; default: from the memory budget")
+    g.add_argument("--overlap", type=int, default=None, help="tile overlap in input pixels (default: the model's)")
+    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="upscaler", description="Batch super-resolution for image archives.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="upscale every image under SRC into DST, with a Parquet manifest")
+    run.add_argument("src", help="source prefix, object or local folder (fsspec URL or path)")
+    run.add_argument("dst", help="destination prefix (fsspec URL or path)")
+    add_engine_options(run)
+    run.add_argument("--format", choices=("png", "tiff", "jpeg", "webp"), default=None,
+                     help="output format (default: the input's; GIF becomes PNG)")
+    run.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (WebP: 100 = lossless)")
+    run.add_argument("--reference", default=None, help="folder of high-resolution references for PSNR/SSIM/LPIPS")
+    run.add_argument("--include", action="append", default=[], help="glob on the relative key (repeatable)")
+    run.add_argument("--exclude", action="append", default=[], help="glob on the relative key (repeatable)")
+    run.add_argument("--max-pixels", type=int, default=None, help="refuse inputs with more pixels (decompression-bomb guard)")
+    run.add_argument("--batch-images", type=int, default=4, help="images whose tiles share forward passes")
+    run.add_argument("--storage-option", action="append", type=_storage_option, default=[],
+                     metavar="KEY=VALUE", help="passed to the filesystem (e.g. endpoint_url=http://127.0.0.1:9000)")
+    run.add_argument("--executor", choices=("local",), default="local",
+                     help="where to run; 'local' runs in this process (no Ray needed)")
+    run.add_argument("--run-id", default=None)
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+
+    ev = sub.add_parser("eval", help="PSNR/SSIM on a benchmark set with the paper protocol")
+    ev.add_argument("--hr", required=True, help="folder of high-resolution images")
+    ev.add_argument("--scale", type=int, required=True)
+    ev.add_argument("--lr", default=None, help="folder of LR images (default: MATLAB bicubic of the HR)")
+    add_engine_options(ev)
+    ev.add_argument("--json", action="store_true")
+
+    models = sub.add_parser("models", help="list the named models")
+    models.add_argument("--json", action="store_true")
+    return parser
+
+
+def _default_model(scale: float | None) -> str:
+    from pipeline.runner import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def cmd_run(args) -> int:
+    from pipeline import imageio
+    from pipeline.runner import RunConfig, run_local
+
+    config = RunConfig(
+        src=args.src, dst=args.dst, model=args.model or _default_model(args.scale), scale=args.scale,
+        tile=args.tile, overlap=args.overlap, precision=args.precision, format=args.format,
+        quality=args.quality, reference=args.reference, include=tuple(args.include),
+        exclude=tuple(args.exclude), max_pixels=args.max_pixels or imageio.DEFAULT_MAX_PIXELS,
+        batch_images=max(1, args.batch_images), device=args.device, run_id=args.run_id,
+        storage_options=dict(args.storage_option),
+    )
+    summary = run_local(config, progress=args.progress)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(f"run {summary['run_id']}: {summary['ok']} ok, {summary['failed']} failed, "
+              f"{summary['skipped']} skipped in {summary['seconds']:.1f} s; manifest at {summary['manifest']}")
+        for failure in summary["failures"]:
+            print(f"  failed {failure['image_id']}: {failure['error_type']}: {failure['error']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from pipeline.evaluate import evaluate
+
+    result = evaluate(args.hr, args.scale, args.model or _default_model(args.scale), lr=args.lr,
+                      device=args.device, precision=args.precision, tile=args.tile, overlap=args.overlap)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for image in result["images"]:
+            print(f"{image['image']:<24} PSNR {image['psnr']:6.2f} dB  SSIM {image['ssim']:.4f}")
+        print(f"{'mean':<24} PSNR {result['mean']['psnr']:6.2f} dB  SSIM {result['mean']['ssim']:.4f}"
+              f"  ({result['model']}, x{result['scale']}, {result['protocol']})")
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from pipeline.models import list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'name':<22}{'arch':<12}{'scale':<7}{'params':>10}  weights")
+    for r in rows:
+        print(f"{r['name']:<22}{r['arch']:<12}{str(r['scale']):<7}{r['params']:>10}  {r['weights']}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.models import ModelLoadError
+
+    try:
+        return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models}[args.command](args)
+    except (ModelLoadError, FileNotFoundError, ValueError) as error:
+        print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
