@@ -1,0 +1,255 @@
+"""Image quality metrics, computed the way SR papers compute them.
+
+PSNR and SSIM follow the common protocol (BasicSR / the MATLAB reference
+code): Y channel of ITU-R BT.601 YCbCr, `shave` border pixels cropped, no
+rounding of Y, so numbers are comparable with published tables. `lr_psnr`
+needs no ground truth, so it can score archive images that have no HR
+version. LPIPS reproduces the `lpips` package (v0.1) from local weight
+files only: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import correlate1d
+from torch import nn
+
+from pipeline.resize import imresize
+
+BACKBONE_ENV = "UPSCALER_LPIPS_BACKBONE"
+LIN_ENV = "UPSCALER_LPIPS_LIN"
+
+
+def _dtype_range(dtype: np.dtype) -> float:
+    """Peak value for a dtype: integer max, 1.0 for float."""
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+    """Y of BT.601 YCbCr, Y = 16 + (65.481 R + 128.553 G + 24.966 B)/255 on
+    the 8-bit scale (R, G, B in 0..255), returned as float64 on the input's
+    own scale (0..255, 0..65535, or 0..1 for float). Single-channel input is
+    returned as is; a fourth (alpha) channel is ignored."""
+    img = np.asarray(img)
+    if img.ndim == 2 or img.shape[2] == 1:
+        return img.astype(np.float64)
+    if img.shape[2] not in (3, 4):
+        raise ValueError(f"expected 1, 3 or 4 channels, got shape {img.shape}")
+    peak = _dtype_range(img.dtype)
+    rgb = img[..., :3].astype(np.float64) / peak
+    y = 16.0 + rgb @ np.array([65.481, 128.553, 24.966])
+    return y * (peak / 255.0)
+
+
+def _prepare(a: np.ndarray, b: np.ndarray, data_range, y_channel: bool, shave: int):
+    """Shared PSNR/SSIM front end: shape check, crop, optional Y, float64."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    if data_range is None:
+        data_range = _dtype_range(a.dtype)
+    if shave:
+        a, b = a[shave:-shave, shave:-shave], b[shave:-shave, shave:-shave]
+    if y_channel:
+        a, b = rgb_to_y(a), rgb_to_y(b)
+    return a.astype(np.float64), b.astype(np.float64), float(data_range)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, *, data_range=None, y_channel: bool = False, shave: int = 0) -> float:
+    """Peak signal-to-noise ratio in dB; math.inf for identical images."""
+    a, b, data_range = _prepare(a, b, data_range, y_channel, shave)
+    mse = np.mean((a - b) ** 2)
+    if mse == 0:
+        return math.inf
+    return float(10 * np.log10(data_range**2 / mse))
+
+
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    x = np.arange(size) - (size - 1) / 2
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Separable Gaussian filter keeping only the 'valid' region (as the
+    MATLAB reference's filter2(..., 'valid'))."""
+    out = correlate1d(correlate1d(img, g, axis=0), g, axis=1)
+    r = len(g) // 2
+    return out[r:-r, r:-r]
+
+
+def _ssim_2d(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    g = _gaussian_1d()
+    mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)
+    var_a = _filter_valid(a * a, g) - mu_a**2
+    var_b = _filter_valid(b * b, g) - mu_b**2
+    cov = _filter_valid(a * b, g) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(ssim_map.mean())
+
+
+def ssim(a: np.ndarray, b: np.ndarray, *, data_range=None, y_channel: bool = False, shave: int = 0) -> float:
+    """SSIM of Wang et al. 2004 (11x11 Gaussian window, sigma 1.5, K1=0.01,
+    K2=0.03, valid region), averaged over channels."""
+    a, b, data_range = _prepare(a, b, data_range, y_channel, shave)
+    if min(a.shape[:2]) < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels, got {a.shape[:2]}")
+    if a.ndim == 2:
+        return _ssim_2d(a, b, data_range)
+    return float(np.mean([_ssim_2d(a[..., c], b[..., c], data_range) for c in range(a.shape[2])]))
+
+
+def lr_psnr(output: np.ndarray, lr_input: np.ndarray) -> float:
+    """No-reference consistency score: PSNR between the input and the output
+    bicubically downscaled back to the input size. A faithful upscaler keeps
+    this high; one that invents or shifts content does not."""
+    output, lr_input = np.asarray(output), np.asarray(lr_input)
+    if output.dtype != lr_input.dtype:
+        raise ValueError(f"output dtype {output.dtype} differs from input dtype {lr_input.dtype}")
+    if output.ndim == 2 and lr_input.ndim == 3:
+        output = output[..., None]
+    elif output.ndim == 3 and lr_input.ndim == 2:
+        lr_input = lr_input[..., None]
+    if output.ndim != lr_input.ndim or output.shape[2:] != lr_input.shape[2:]:
+        raise ValueError(f"channel mismatch: {output.shape} vs {lr_input.shape}")
+    down = imresize(output.astype(np.float64), output_size=lr_input.shape[:2])
+    ref = lr_input.astype(np.float64)
+    data_range = _dtype_range(lr_input.dtype)
+    if not np.issubdtype(lr_input.dtype, np.integer) and ref.max() > 1.0:
+        data_range = float(ref.max() - ref.min()) or 1.0
+    return psnr(down, ref, data_range=data_range)
+
+
+def sam_degrees(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean spectral angle (degrees) between per-pixel band vectors of two
+    HxWxC images (C >= 2). Pixels where either vector is zero are skipped,
+    since their angle is undefined; 0.0 when no pixel is left."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[2] < 2:
+        raise ValueError(f"expected two HxWxC images with C >= 2, got {a.shape} and {b.shape}")
+    dot = np.sum(a * b, axis=2)
+    norms = np.linalg.norm(a, axis=2) * np.linalg.norm(b, axis=2)
+    valid = norms > 0
+    if not valid.any():
+        return 0.0
+    cos = np.clip(dot[valid] / norms[valid], -1.0, 1.0)
+    return float(np.degrees(np.arccos(cos)).mean())
+
+
+# ---------------------------------------------------------------- LPIPS
+
+# (layer boundaries in torchvision's `features`, channels per tapped layer)
+_NETS = {
+    "alex": ((2, 5, 8, 10, 12), (64, 192, 384, 256, 256)),
+    "vgg": ((4, 9, 16, 23, 30), (64, 128, 256, 512, 512)),
+}
+
+
+def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class LPIPS(nn.Module):
+    """Learned perceptual distance of Zhang et al. 2018 (lpips v0.1).
+
+    Inputs are NCHW RGB tensors in [-1, 1]; the result has one value per
+    image, shape (N,). Built with random weights; use `from_files` for the
+    real ones.
+    """
+
+    def __init__(self, net: str = "alex"):
+        super().__init__()
+        from torchvision import models
+
+        if net not in _NETS:
+            raise ValueError(f"unknown LPIPS net {net!r}; choose from {sorted(_NETS)}")
+        self.net = net
+        self.ends, channels = _NETS[net]
+        self.features = (models.alexnet if net == "alex" else models.vgg16)(weights=None).features
+        self.features = self.features[: self.ends[-1]]
+        self.lins = nn.ModuleList(nn.Sequential(nn.Dropout(), nn.Conv2d(c, 1, 1, bias=False)) for c in channels)
+        # lpips ScalingLayer constants.
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        self.eval().requires_grad_(False)
+
+    @classmethod
+    def from_files(cls, backbone: str | Path, lin: str | Path, net: str = "alex") -> "LPIPS":
+        """Load a torchvision backbone state dict (`features.N.*` keys, prefix
+        optional, classifier keys ignored) and the lpips linear layers
+        (`linK.model.1.weight`), from .pth or .safetensors."""
+        model = cls(net)
+        state = _load_state_dict(backbone)
+        if any(k.startswith("features.") for k in state):
+            state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        model.features.load_state_dict(state)
+        # "lin3.model.1.weight" -> "3.1.weight" (ModuleList index, Sequential index)
+        lin_state = {k.replace("lin", "", 1).replace(".model.", ".", 1): v for k, v in _load_state_dict(lin).items()}
+        model.lins.load_state_dict(lin_state)
+        return model
+
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs, start = [], 0
+        for end in self.ends:
+            x = self.features[start:end](x)
+            outs.append(x)
+            start = end
+        return outs
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = (x - self.shift) / self.scale
+        y = (y - self.shift) / self.scale
+        total = 0
+        for fx, fy, lin in zip(self._taps(x), self._taps(y), self.lins):
+            fx = fx / (torch.sqrt(torch.sum(fx**2, dim=1, keepdim=True)) + 1e-10)
+            fy = fy / (torch.sqrt(torch.sum(fy**2, dim=1, keepdim=True)) + 1e-10)
+            total = total + lin((fx - fy) ** 2).mean(dim=(2, 3))
+        return total.view(-1)
+
+
+@lru_cache(maxsize=4)
+def _cached_lpips(backbone: str, lin: str, device: str) -> LPIPS:
+    return LPIPS.from_files(backbone, lin).to(device)
+
+
+def _to_lpips_tensor(img: np.ndarray, device: str) -> torch.Tensor:
+    """HxW[xC] image of any supported dtype -> 1x3xHxW tensor in [-1, 1]."""
+    img = np.asarray(img)
+    x = img.astype(np.float32) / _dtype_range(img.dtype)
+    if x.ndim == 2:
+        x = x[..., None]
+    x = x[..., :3] if x.shape[2] >= 3 else np.repeat(x[..., :1], 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].to(device) * 2 - 1
+
+
+def lpips_value(sr: np.ndarray, hr: np.ndarray, *, backbone=None, lin=None) -> tuple[float | None, str | None]:
+    """LPIPS (AlexNet) between two images, or (None, reason) when the weight
+    files are not available, so callers can report the metric as skipped."""
+    backbone = backbone or os.environ.get(BACKBONE_ENV)
+    lin = lin or os.environ.get(LIN_ENV)
+    for what, path, env in (("backbone", backbone, BACKBONE_ENV), ("linear-layer", lin, LIN_ENV)):
+        if not path or not Path(path).is_file():
+            return None, (
+                f"LPIPS {what} weights not found ({path or 'not set'}); set {BACKBONE_ENV} to a "
+                f"torchvision alexnet features state dict and {LIN_ENV} to lpips weights/v0.1/alex.pth "
+                "(.pth or .safetensors)"
+            )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _cached_lpips(str(Path(backbone).resolve()), str(Path(lin).resolve()), device)
+    with torch.no_grad():
+        value = model(_to_lpips_tensor(sr, device), _to_lpips_tensor(hr, device))
+    return float(value.item()), None
