@@ -28,11 +28,12 @@ def _storage_option(text: str) -> tuple[str, object]:
         return key, value
 
 
-def add_engine_options(p: argparse.ArgumentParser) -> None:
+def add_engine_options(p: argparse.ArgumentParser, scale: bool = True) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--model", default=None, help="named model, local path or fsspec URL (default: the bundled default)")
-    g.add_argument("--scale", type=_positive_scale, default=None,
-                   help="output scale; may differ from the model's (x3 from x4, x8 in two passes, 2.5)")
+    if scale:
+        g.add_argument("--scale", type=_positive_scale, default=None,
+                       help="output scale; may differ from the model's (x3 from x4, x8 in two passes, 2.5)")
     g.add_argument("--tile", type=int, default=None, help="tile size in input pixels; 0 = whole image; default: from the memory budget")
     g.add_argument("--overlap", type=int, default=None, help="tile overlap in input pixels (default: the model's)")
     g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
@@ -68,8 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--hr", required=True, help="folder of high-resolution images")
     ev.add_argument("--scale", type=int, required=True)
     ev.add_argument("--lr", default=None, help="folder of LR images (default: MATLAB bicubic of the HR)")
-    add_engine_options(ev)
+    add_engine_options(ev, scale=False)
     ev.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="write sample images (offline) and upscale them with the default model")
+    demo.add_argument("dir", nargs="?", default="upscaler-demo", help="writes DIR/samples and DIR/upscaled")
+    demo.add_argument("--model", default=None)
+    demo.add_argument("--json", action="store_true")
 
     models = sub.add_parser("models", help="list the named models")
     models.add_argument("--json", action="store_true")
@@ -120,6 +126,21 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args) -> int:
+    import posixpath
+
+    from pipeline.samples import write_samples
+
+    root = args.dir.rstrip("/")
+    written = write_samples(posixpath.join(root, "samples"))
+    print(f"wrote {len(written)} sample images under {root}/samples", file=sys.stderr)
+    run_args = build_parser().parse_args(
+        ["run", posixpath.join(root, "samples"), posixpath.join(root, "upscaled"), "--executor", "local"]
+        + (["--model", args.model] if args.model else []) + (["--json"] if args.json else [])
+    )
+    return cmd_run(run_args)
+
+
 def cmd_models(args) -> int:
     from pipeline.models import list_models
 
@@ -141,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.models import ModelLoadError
 
     try:
-        return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models}[args.command](args)
+        return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "demo": cmd_demo}[args.command](args)
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

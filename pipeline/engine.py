@@ -246,13 +246,12 @@ class Upscaler:
         h, w = batch.shape[-2:]
         batch, crop = self._pad_to_requirements(batch)
         started = time.perf_counter()
-        out = self._run(self.module, batch, self.dtype)
+        out = self._run(self.module, batch, self.dtype).float()
         if self.dtype != torch.float32:
             bad = ~torch.isfinite(out).flatten(1).all(dim=1)
             if bad.any():
                 self.stats.fp32_fallback_tiles += int(bad.sum())
                 out[bad] = self._run(self._module_fp32(), batch[bad], torch.float32)
-        out = out.float()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.stats.seconds_forward += time.perf_counter() - started

@@ -1,0 +1,159 @@
+"""Engine benchmark: how close `upscaler run --executor local` gets to the compute floor.
+
+Same images, same EDSR-baseline x4 weights (16 blocks x 64 features; speed does
+not depend on the weight values, so a seeded random init is used unless
+--weights is given) for three variants:
+
+- floor:       read + decode + model forward on whole images, nothing else;
+- end_to_end:  `upscaler run --executor local` with its defaults (tiling,
+               batching, encode, atomic write, lr_psnr, manifest);
+- sequential:  the plain loop of Real-ESRGAN's inference script: one image at a
+               time, fixed 64 px tiles with 10 px padding, hard-cropped, then written.
+
+Prints one JSON object. Images: Kodak (../shared) downscaled x4 to 192x128 LR,
+or scikit-image's photographs when ../shared is absent.
+
+    python benchmarks/engine.py [--images 8] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline import imageio
+from pipeline.models import LoadedModel, load_model, save_model
+from pipeline.models.edsr.arch import EDSR
+from pipeline.runner import RunConfig, run_local
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def lr_images(count: int) -> list[bytes]:
+    kodak = sorted((SHARED / "data" / "kodak").glob("*.png"))
+    if kodak:
+        photos = [np.asarray(Image.open(p).convert("RGB")) for p in kodak[:count]]
+    else:
+        import skimage.data
+
+        names = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "cat"]
+        photos = [getattr(skimage.data, n)() for n in (names * count)[:count]]
+    files = []
+    for pixels in photos:
+        image = Image.fromarray(pixels)
+        image = image.resize((image.width // 4, image.height // 4), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    return files
+
+
+def edsr_baseline(weights: str | None) -> LoadedModel:
+    if weights:
+        return load_model(weights)
+    torch.manual_seed(0)
+    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=16, scale=4)
+    return LoadedModel(name="edsr-baseline-x4-random", arch="EDSR", module=module, scale=4, in_channels=3,
+                       out_channels=3, overlap=16, params=sum(p.numel() for p in module.parameters()),
+                       config={"num_feat": 64, "num_block": 16, "res_scale": 1.0, "scale": 4})
+
+
+def to_tensor(pixels: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None].to(device)
+
+
+def floor(files, module, device) -> float:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for data in files:
+            module(to_tensor(imageio.decode_image(data).pixels, device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def sequential(files, module, device, out_dir: Path, tile=64, pad=10, scale=4) -> float:
+    """Real-ESRGAN's tile_process: pad each tile, infer it alone, paste the unpadded part."""
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for index, data in enumerate(files):
+            x = to_tensor(imageio.decode_image(data).pixels, device)
+            _, c, h, w = x.shape
+            out = torch.zeros(1, c, h * scale, w * scale, device=device)
+            for ty in range(math.ceil(h / tile)):
+                for tx in range(math.ceil(w / tile)):
+                    y0, x0 = ty * tile, tx * tile
+                    y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                    py0, px0, py1, px1 = max(y0 - pad, 0), max(x0 - pad, 0), min(y1 + pad, h), min(x1 + pad, w)
+                    result = module(x[:, :, py0:py1, px0:px1])
+                    oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
+                    out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[
+                        :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale]
+            pixels = (out[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            Image.fromarray(pixels).save(out_dir / f"{index}.png")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--weights", default=None)
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    files = lr_images(args.images)
+    model = edsr_baseline(args.weights)
+    module = model.module.eval().to(device)
+    pixels_in = sum(imageio.decode_image(d).pixels.shape[0] * imageio.decode_image(d).pixels.shape[1] for d in files)
+    mp_out = pixels_in * 16 / 1e6
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "src").mkdir()
+        for i, data in enumerate(files):
+            (tmp / "src" / f"{i:03d}.png").write_bytes(data)
+        weights = tmp / "edsr.safetensors"
+        save_model(model, str(weights))
+        floor(files[:1], module, device)  # warm-up
+        results = {"floor": floor(files, module, device)}
+        (tmp / "seq").mkdir()
+        results["sequential"] = sequential(files, module, device, tmp / "seq")
+        started = time.perf_counter()
+        summary = run_local(RunConfig(src=str(tmp / "src"), dst=str(tmp / "dst"), model=str(weights),
+                                      device=str(device)))
+        results["end_to_end"] = time.perf_counter() - started
+        assert summary["ok"] == len(files), summary
+
+    report = {
+        "benchmark": "engine",
+        "model": f"EDSR-baseline x4 ({model.params} params, {'given weights' if args.weights else 'seeded random init'})",
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "images": len(files),
+        "lr_size": list(imageio.decode_image(files[0]).pixels.shape[:2]),
+        "megapixels_out": round(mp_out, 3),
+        "seconds": {k: round(v, 3) for k, v in results.items()},
+        "megapixels_out_per_second": {k: round(mp_out / v, 4) for k, v in results.items()},
+        "end_to_end_vs_floor_speed": round(results["floor"] / results["end_to_end"], 3),
+        "end_to_end_vs_sequential_speed": round(results["sequential"] / results["end_to_end"], 3),
+        "targets": {"end_to_end_vs_floor_speed": ">= 0.85", "end_to_end_vs_sequential_speed": ">= 1.0"},
+    }
+    json.dump(report, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
