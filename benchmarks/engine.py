@@ -70,7 +70,9 @@ def edsr_baseline(weights: str | None) -> LoadedModel:
 
 
 def to_tensor(pixels: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None].to(device)
+    """The same memory format the engine uses (channels_last: faster on oneDNN and cuDNN)."""
+    x = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None].to(device)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def floor(files, module, device) -> float:
@@ -101,7 +103,7 @@ def sequential(files, module, device, out_dir: Path, tile=64, pad=10, scale=4) -
                     out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[
                         :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale]
             pixels = (out[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-            Image.fromarray(pixels).save(out_dir / f"{index}.png")
+            Image.fromarray(pixels).save(out_dir / f"{index}.png", compress_level=1)  # OpenCV's default, as Real-ESRGAN writes
     return time.perf_counter() - started
 
 
@@ -115,7 +117,7 @@ def main() -> None:
                           ("cpu" if args.device == "auto" else args.device))
     files = lr_images(args.images)
     model = edsr_baseline(args.weights)
-    module = model.module.eval().to(device)
+    module = model.module.eval().to(device, memory_format=torch.channels_last)
     pixels_in = sum(imageio.decode_image(d).pixels.shape[0] * imageio.decode_image(d).pixels.shape[1] for d in files)
     mp_out = pixels_in * 16 / 1e6
 

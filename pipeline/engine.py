@@ -37,6 +37,7 @@ from pipeline.tiling import Stitcher, Tile, plan_tiles
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_TILE = 32
+CPU_BATCH_PIXELS = 16384
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -120,8 +121,8 @@ class Upscaler:
         for p in module.parameters():
             p.requires_grad_(False)
         self._fp32_module = None
-        if self.device.type == "cuda":
-            module = module.to(self.device, memory_format=torch.channels_last)
+        # channels_last suits cuDNN and oneDNN alike (EDSR on this CPU: 17% faster).
+        module = module.to(self.device, memory_format=torch.channels_last)
         self.module = module.to(self.device, dtype=self.dtype)
         width = _model_width(model.module)
         # Activation bytes per input pixel: a few feature maps alive at once,
@@ -236,10 +237,16 @@ class Upscaler:
         return [st.result() for st in stitchers]
 
     def _batch_size(self, shape: tuple[int, int]) -> int:
+        """As many tiles as the memory budget allows on a GPU. On a CPU, batching
+        large tiles is slower (EDSR x4, 4 x 192x128: 3.1 s batched, 1.9 s one by
+        one), so only small tiles are batched, up to 16K pixels a batch."""
         if self.batch_size:
             return self.batch_size
-        per_tile = self.bytes_per_pixel * shape[0] * shape[1]
-        return int(max(1, min(16, self.budget // max(1, per_tile))))
+        pixels = shape[0] * shape[1]
+        limit = self.budget // max(1, self.bytes_per_pixel * pixels)
+        if self.device.type != "cuda":
+            limit = min(limit, CPU_BATCH_PIXELS // max(1, pixels))
+        return int(max(1, min(16, limit)))
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Model forward on a batch of tiles (N, C, h, w) float32 CPU -> float32 CPU."""
@@ -263,9 +270,7 @@ class Upscaler:
     def _run(self, module: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-            batch = batch.to(dtype=dtype, memory_format=torch.channels_last)
-        else:
-            batch = batch.to(dtype=dtype)
+        batch = batch.to(dtype=dtype, memory_format=torch.channels_last)
         with torch.inference_mode():
             return module(batch)
 

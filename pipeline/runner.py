@@ -43,6 +43,7 @@ class RunConfig:
     precision: str = "auto"
     format: str | None = None
     quality: int = 95
+    compress_level: int = 1  # zlib level for PNG/TIFF (see imageio.encode_image)
     reference: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -149,7 +150,8 @@ def finish_stage(work: ImageWork, config: RunConfig, dst_fs, dst_root: str, refe
             decoded, out = work.decoded, work.output
             fmt, ext = imageio.output_format(decoded.format, config.format)
             dpi_scale = out.shape[1] / decoded.pixels.shape[1]
-            data = imageio.encode_image(out, decoded, fmt, quality=config.quality, dpi_scale=dpi_scale)
+            data = imageio.encode_image(out, decoded, fmt, quality=config.quality, dpi_scale=dpi_scale,
+                                        compress_level=config.compress_level)
             path = posixpath.join(dst_root, storage.output_key(work.source.key, ext))
             storage.write_atomic(dst_fs, path, data)
             row.update(status="ok", dst_uri=storage.full_uri(dst_fs, path), out_format=fmt,
