@@ -10,10 +10,10 @@ not depend on the weight values, so a seeded random init is used unless
 - sequential:  the plain loop of Real-ESRGAN's inference script: one image at a
                time, fixed 64 px tiles with 10 px padding, hard-cropped, then written.
 
-Prints one JSON object. Images: Kodak (../shared) downscaled x4 to 192x128 LR,
+Prints one JSON object. Images: the 24 Kodak photos (../shared) downscaled x4 to 192x128 LR,
 or scikit-image's photographs when ../shared is absent.
 
-    python benchmarks/engine.py [--images 8] [--device auto]
+    python benchmarks/engine.py [--images 24] [--device auto]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def sequential(files, module, device, out_dir: Path, tile=64, pad=10, scale=4) -
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", default=None)
     args = parser.parse_args()
