@@ -40,6 +40,21 @@ def add_engine_options(p: argparse.ArgumentParser, scale: bool = True) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
 
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution")
+    g.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray (default: joins --address / RAY_ADDRESS, else starts a local Ray) or local (in this process, no Ray)")
+    g.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    g.add_argument("--workers", type=int, default=None, help="model-holding actors (default: one per GPU, else CPUs // 2)")
+    g.add_argument("--gpus-per-worker", type=float, default=None, help="default 1 where GPUs exist, else 0")
+    g.add_argument("--cpus-per-worker", type=float, default=None)
+    g.add_argument("--batch-size", type=int, default=4, help="images per batch: their tiles share forward passes")
+    g.add_argument("--storage-option", action="append", type=_storage_option, default=[],
+                   metavar="KEY=VALUE", help="passed to the filesystem (e.g. endpoint_url=http://127.0.0.1:9000); never recorded")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+    g.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upscaler", description="Batch super-resolution for image archives.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -58,14 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--include", action="append", default=[], help="glob on the relative key (repeatable)")
     run.add_argument("--exclude", action="append", default=[], help="glob on the relative key (repeatable)")
     run.add_argument("--max-pixels", type=int, default=None, help="refuse inputs with more pixels (decompression-bomb guard)")
-    run.add_argument("--batch-images", type=int, default=4, help="images whose tiles share forward passes")
-    run.add_argument("--storage-option", action="append", type=_storage_option, default=[],
-                     metavar="KEY=VALUE", help="passed to the filesystem (e.g. endpoint_url=http://127.0.0.1:9000)")
-    run.add_argument("--executor", choices=("local",), default="local",
-                     help="where to run; 'local' runs in this process (no Ray needed)")
+    run.add_argument("--from-list", default=None, help="text (one URL or key per line) or Parquet list of images under SRC")
+    run.add_argument("--force", action="store_true", help="reprocess images an earlier run already did")
     run.add_argument("--run-id", default=None)
-    run.add_argument("--json", action="store_true", help="print the summary as JSON")
-    run.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    add_executor_options(run)
 
     ev = sub.add_parser("eval", help="PSNR/SSIM on a benchmark set with the paper protocol")
     ev.add_argument("--hr", required=True, help="folder of high-resolution images")
@@ -73,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lr", default=None, help="folder of LR images (default: MATLAB bicubic of the HR)")
     add_engine_options(ev, scale=False)
     ev.add_argument("--json", action="store_true")
+
+    rerun = sub.add_parser("rerun", help="redo the images whose latest row failed or whose output vanished")
+    rerun.add_argument("dst", help="the destination of the earlier runs")
+    rerun.add_argument("--dry-run", action="store_true", help="say what would be redone, run nothing")
+    add_executor_options(rerun)
 
     demo = sub.add_parser("demo", help="write sample images (offline) and upscale them with the default model")
     demo.add_argument("dir", nargs="?", default="upscaler-demo", help="writes DIR/samples and DIR/upscaled")
@@ -92,17 +108,36 @@ def _default_model(scale: float | None) -> str:
 
 def cmd_run(args) -> int:
     from pipeline import imageio
-    from pipeline.runner import RunConfig, run_local
+    from pipeline.runner import RunConfig
 
     config = RunConfig(
         src=args.src, dst=args.dst, model=args.model or _default_model(args.scale), scale=args.scale,
         tile=args.tile, overlap=args.overlap, precision=args.precision, format=args.format,
         quality=args.quality, compress_level=args.compress_level, reference=args.reference, include=tuple(args.include),
         exclude=tuple(args.exclude), max_pixels=args.max_pixels or imageio.DEFAULT_MAX_PIXELS,
-        batch_images=max(1, args.batch_images), device=args.device, run_id=args.run_id,
-        storage_options=dict(args.storage_option),
+        batch_images=max(1, args.batch_size), device=args.device, run_id=args.run_id,
+        force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
     )
-    summary = run_local(config, progress=args.progress)
+    return _execute(config, args)
+
+
+def _execute(config, args) -> int:
+    return _report(_summary(config, args), args)
+
+
+def _summary(config, args) -> dict:
+    if args.executor == "local":
+        from pipeline.runner import run_local
+
+        return run_local(config, progress=args.progress)
+    from pipeline.distributed import RayOptions, run_ray
+
+    options = RayOptions(address=args.address, workers=args.workers,
+                         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker)
+    return run_ray(config, options, progress=args.progress)
+
+
+def _report(summary: dict, args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
@@ -126,6 +161,31 @@ def cmd_eval(args) -> int:
         print(f"{'mean':<24} PSNR {result['mean']['psnr']:6.2f} dB  SSIM {result['mean']['ssim']:.4f}"
               f"  ({result['model']}, x{result['scale']}, {result['protocol']})")
     return EXIT_OK
+
+
+def cmd_rerun(args) -> int:
+    from pipeline.rerun import plan_rerun
+
+    groups = plan_rerun(args.dst, dict(args.storage_option))
+    failed, missing = sum(g.failed for g in groups), sum(g.missing for g in groups)
+    print(f"rerun: {failed + missing} images ({failed} failed, {missing} outputs missing) "
+          f"from {len(groups)} earlier run(s)", file=sys.stderr)
+    if args.dry_run:
+        if args.json:
+            print(json.dumps({"todo": failed + missing, "failed": failed, "missing": missing, "runs": len(groups)}))
+        return EXIT_OK
+    summaries = []
+    for group in groups:
+        group.config.batch_images = max(1, args.batch_size)
+        summaries.append(_summary(group.config, args))
+    total = {"run_id": ",".join(s["run_id"] for s in summaries), "failures": [], "manifest": None}
+    for key in ("ok", "failed", "skipped", "total", "seconds", "megapixels_in", "megapixels_out"):
+        total[key] = sum(s[key] for s in summaries)
+    for s in summaries:
+        total["failures"] += s["failures"]
+        total["manifest"] = s["manifest"]
+    total.update(rerun_failed=failed, rerun_missing=missing)
+    return _report(total, args)
 
 
 def cmd_demo(args) -> int:
@@ -164,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.models import ModelLoadError
 
     try:
-        return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "demo": cmd_demo}[args.command](args)
+        return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "demo": cmd_demo,
+                "rerun": cmd_rerun}[args.command](args)
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

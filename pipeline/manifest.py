@@ -2,7 +2,10 @@
 
 Layout under the destination:
     _manifest/run_id=<id>/part-<worker>.parquet   rows (hive-partitioned by run_id)
-    _manifest/runs/<id>.json                      run configuration and counts, written last
+    _manifest/_runs/<id>.json                     run configuration and counts, written last
+
+The run records sit in `_runs` (leading underscore) so that Parquet readers given
+the `_manifest` folder (pyarrow, pandas, duckdb) skip them.
 
 Plain Parquet and JSON, readable by pyarrow, pandas or duckdb without this package.
 """
@@ -19,6 +22,7 @@ SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
         ("image_id", pa.string()),
+        ("config_key", pa.string()),  # hash of model sha256, scale, tile, overlap, precision, format
         ("src_uri", pa.string()),
         ("source_version", pa.string()),
         ("dst_uri", pa.string()),
@@ -75,7 +79,7 @@ def write_rows(fs, dst_root: str, run_id: str, worker: str, rows: list[dict]) ->
 
 def write_run_record(fs, dst_root: str, run_id: str, record: dict) -> str:
     """The run's JSON record; written after all rows, so its presence marks a finished run."""
-    path = posixpath.join(manifest_dir(dst_root), "runs", f"{run_id}.json")
+    path = posixpath.join(manifest_dir(dst_root), "_runs", f"{run_id}.json")
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with fs.open(path, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, default=str)

@@ -22,10 +22,12 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 import numpy as np
 
 from pipeline import __version__, imageio, manifest, metrics, storage
+from pipeline import plan as plan_mod
 from pipeline.engine import Upscaler
 from pipeline.models import LoadedModel, load_model
 
@@ -51,6 +53,8 @@ class RunConfig:
     batch_images: int = 4
     device: str = "auto"
     run_id: str | None = None
+    force: bool = False  # reprocess images an earlier run already did
+    from_list: str | None = None  # text or Parquet list of URLs/keys under src
     storage_options: dict = field(default_factory=dict, repr=False)
 
     def public(self) -> dict:
@@ -81,11 +85,13 @@ def _fail(work: ImageWork, error: BaseException) -> None:
     work.decoded = work.output = None
 
 
-def base_row(config: RunConfig, run_id: str, model: LoadedModel, upscaler: Upscaler, worker: str) -> dict:
+def base_row(config: RunConfig, run_id: str, model: LoadedModel, upscaler: Upscaler, worker: str,
+             config_key: str) -> dict:
     info = upscaler.info
     scale = float(config.scale) if config.scale else float(model.scale)
     return {
         "run_id": run_id,
+        "config_key": config_key,
         "attempt": 1,
         "model": model.name,
         "model_sha256": model.sha256,
@@ -220,20 +226,80 @@ class Reference:
         return None
 
 
-def run_local(config: RunConfig, *, progress: bool = False) -> dict:
-    """Upscale everything under config.src in this process; returns the summary."""
+@dataclass
+class Prepared:
+    """Everything a run needs before the first image: shared by both executors."""
+
+    config: RunConfig
+    run_id: str
+    started_at: dt.datetime
+    model: LoadedModel
+    config_key: str
+    dst_fs: object
+    dst_root: str
+    sources: Iterator[storage.Source]  # the images to do, streamed
+    plan: plan_mod.Plan
+
+
+def prepare(config: RunConfig, model: LoadedModel | None = None) -> Prepared:
+    """Load the model (for its sha256), read earlier runs, start the filtered listing."""
     run_id = config.run_id or storage.new_run_id()
     started_at = _now()
-    model = load_model(config.model, scale=_model_scale_hint(config), storage_options=config.storage_options)
-    upscaler = Upscaler(model, device=config.device, precision=config.precision,
-                        tile=config.tile, overlap=config.overlap)
+    model = model or load_model(config.model, scale=_model_scale_hint(config), storage_options=config.storage_options)
+    key = plan_mod.config_key(model.sha256 or model.name, config)
     dst_fs, dst_root = storage.open_location(config.dst, config.storage_options)
+    dst_fs.invalidate_cache()  # other processes (workers, earlier runs) changed it
+    prior = plan_mod.PriorIndex.load(dst_fs, dst_root, key) if not config.force else plan_mod.PriorIndex({})
+    if config.from_list:
+        listing = plan_mod.sources_from_list(config.from_list, config.src, config.storage_options)
+    else:
+        listing = storage.list_sources(config.src, include=config.include, exclude=config.exclude,
+                                       storage_options=config.storage_options)
+    counts = plan_mod.Plan()
+    sources = plan_mod.to_do(listing, prior, dst_fs, config.force, counts)
+    return Prepared(config, run_id, started_at, model, key, dst_fs, dst_root, sources, counts)
+
+
+class RowSink:
+    """Collects finished rows and flushes them to the manifest in parts, so a
+    run killed midway still leaves the rows of what it finished."""
+
+    def __init__(self, prepared: Prepared, worker: str, flush_every: int = 1000, progress: bool = False):
+        self.p, self.worker, self.flush_every = prepared, worker, flush_every
+        self.pending: list[dict] = []
+        self.parts = 0
+        self.counts = {"ok": 0, "failed": 0}
+        self.megapixels = [0.0, 0.0]
+        self.failures: list[dict] = []
+        self.bar = _progress_bar(progress)
+
+    def add(self, row: dict) -> None:
+        self.pending.append(row)
+        self.counts["ok" if row["status"] == "ok" else "failed"] += 1
+        self.megapixels[0] += (row.get("width") or 0) * (row.get("height") or 0) / 1e6
+        self.megapixels[1] += (row.get("out_width") or 0) * (row.get("out_height") or 0) / 1e6
+        if row["status"] != "ok" and len(self.failures) < 20:
+            self.failures.append({"image_id": row["image_id"], "error_type": row["error_type"], "error": row["error"]})
+        self.bar(row, self.counts["failed"])
+        if len(self.pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            name = f"{self.worker}-{self.parts:05d}"
+            manifest.write_rows(self.p.dst_fs, self.p.dst_root, self.p.run_id, name, self.pending)
+            self.parts += 1
+            self.pending = []
+
+
+def run_local(config: RunConfig, *, progress: bool = False) -> dict:
+    """Upscale everything under config.src in this process; returns the summary."""
+    p = prepare(config)
+    upscaler = Upscaler(p.model, device=config.device, precision=config.precision,
+                        tile=config.tile, overlap=config.overlap)
     reference = Reference(config.reference, config.storage_options) if config.reference else None
-    template = base_row(config, run_id, model, upscaler, worker="local-0")
-    sources = storage.list_sources(config.src, include=config.include, exclude=config.exclude,
-                                   storage_options=config.storage_options)
-    rows: list[dict] = []
-    bar = _progress_bar(progress)
+    template = base_row(config, p.run_id, p.model, upscaler, worker="local-0", config_key=p.config_key)
+    sink = RowSink(p, "local-0", progress=progress)
     with ThreadPoolExecutor(2, thread_name_prefix="read") as readers, \
             ThreadPoolExecutor(2, thread_name_prefix="write") as writers:
         reading: deque[Future] = deque()
@@ -243,7 +309,7 @@ def run_local(config: RunConfig, *, progress: bool = False) -> dict:
         def refill():
             nonlocal sources_left
             while sources_left and len(reading) < 2 * config.batch_images:
-                source = next(sources, None)
+                source = next(p.sources, None)
                 if source is None:
                     sources_left = False
                     return
@@ -257,48 +323,45 @@ def run_local(config: RunConfig, *, progress: bool = False) -> dict:
                 refill()
             infer_stage(group, upscaler, config.scale)
             for work in group:
-                writing.append(writers.submit(finish_stage, work, config, dst_fs, dst_root, reference))
+                writing.append(writers.submit(finish_stage, work, config, p.dst_fs, p.dst_root, reference))
             while writing and (writing[0].done() or len(writing) > 2 * config.batch_images):
-                rows.append(writing.popleft().result())
-                bar(rows[-1])
+                sink.add(writing.popleft().result())
         while writing:
-            rows.append(writing.popleft().result())
-            bar(rows[-1])
-    return finish_run(config, run_id, started_at, model, upscaler, dst_fs, dst_root, rows)
+            sink.add(writing.popleft().result())
+    return finish_run(p, sink, executor="local", engine=upscaler.info)
 
 
-def finish_run(config, run_id, started_at, model, upscaler, dst_fs, dst_root, rows) -> dict:
-    """Write the manifest rows, then the run record (the commit marker); return the summary."""
-    ok = sum(r["status"] == "ok" for r in rows)
-    failed = len(rows) - ok
-    if rows:
-        manifest.write_rows(dst_fs, dst_root, run_id, "local-0", rows)
+def finish_run(p: Prepared, sink: RowSink, *, executor: str, engine: dict, extra: dict | None = None) -> dict:
+    """Flush the last rows, then write the run record (the commit marker); return the summary."""
+    sink.flush()
     finished_at = _now()
     summary = {
-        "run_id": run_id,
-        "ok": ok,
-        "failed": failed,
-        "skipped": 0,
-        "total": len(rows),
-        "seconds": (finished_at - started_at).total_seconds(),
-        "megapixels_in": sum((r.get("width") or 0) * (r.get("height") or 0) for r in rows) / 1e6,
-        "megapixels_out": sum((r.get("out_width") or 0) * (r.get("out_height") or 0) for r in rows) / 1e6,
-        "manifest": storage.full_uri(dst_fs, manifest.manifest_dir(dst_root)),
-        "failures": [{"image_id": r["image_id"], "error_type": r["error_type"], "error": r["error"]}
-                     for r in rows if r["status"] != "ok"][:20],
+        "run_id": p.run_id,
+        "ok": sink.counts["ok"],
+        "failed": sink.counts["failed"],
+        "skipped": p.plan.skipped,
+        "total": sink.counts["ok"] + sink.counts["failed"] + p.plan.skipped,
+        "seconds": (finished_at - p.started_at).total_seconds(),
+        "megapixels_in": round(sink.megapixels[0], 6),
+        "megapixels_out": round(sink.megapixels[1], 6),
+        "manifest": storage.full_uri(p.dst_fs, manifest.manifest_dir(p.dst_root)),
+        "failures": sink.failures,
     }
+    model = p.model
     record = {
         **{k: v for k, v in summary.items() if k != "failures"},
-        "config": config.public(),
-        "executor": "local",
+        "config": p.config.public(),
+        "config_key": p.config_key,
+        "executor": executor,
         "model": {"name": model.name, "arch": model.arch, "scale": model.scale, "sha256": model.sha256,
                   "params": model.params, "source": model.source},
-        "engine": upscaler.info,
-        "started_at": started_at.isoformat(),
+        "engine": engine,
+        "started_at": p.started_at.isoformat(),
         "finished_at": finished_at.isoformat(),
         "versions": _versions(),
+        **(extra or {}),
     }
-    manifest.write_run_record(dst_fs, dst_root, run_id, record)
+    manifest.write_run_record(p.dst_fs, p.dst_root, p.run_id, record)
     return summary
 
 
@@ -308,12 +371,21 @@ def _model_scale_hint(config: RunConfig) -> int:
 
 
 def _progress_bar(enabled: bool):
+    """A live bar: images done, output megapixels/s, failures."""
     if not enabled:
-        return lambda row: None
+        return lambda row, failed: None
     from tqdm import tqdm
 
-    bar = tqdm(unit="img", file=sys.stderr)
-    return lambda row: bar.update(1)
+    bar = tqdm(unit="img", file=sys.stderr, dynamic_ncols=True)
+    started, out_mp = time.perf_counter(), [0.0]
+
+    def update(row, failed):
+        out_mp[0] += (row.get("out_width") or 0) * (row.get("out_height") or 0) / 1e6
+        bar.set_postfix({"Mpx/s": f"{out_mp[0] / max(1e-9, time.perf_counter() - started):.2f}", "failed": failed},
+                        refresh=False)
+        bar.update(1)
+
+    return update
 
 
 def _versions() -> dict:

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import fsspec
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-RESERVED_PREFIXES = ("_manifest/", "_report/")
+RESERVED_PREFIXES = ("_manifest/", "_report/", "_plans/")
 
 
 class UnsafeKeyError(ValueError):

@@ -50,7 +50,11 @@ def archive(tmp_path):
 
 
 def run_cli(*args) -> int:
-    return main([str(a) for a in args])
+    """The CLI in-process; `run` gets --executor local here (the Ray executor has its own tests)."""
+    args = [str(a) for a in args]
+    if args[0] == "run" and "--executor" not in args:
+        args += ["--executor", "local"]
+    return main(args)
 
 
 def test_run_upscales_every_image_at_the_same_relative_path_and_records_failures(archive, tmp_path, capsys):
@@ -85,7 +89,9 @@ def test_run_upscales_every_image_at_the_same_relative_path_and_records_failures
         assert row["status"] == "failed" and row["error_type"] == "ImageDecodeError"
         assert bad in row["error"]
     assert "notes.txt" not in by_id
-    run_record = json.loads(next((dst / "_manifest" / "runs").glob("*.json")).read_text())
+    whole = pq.read_table(dst / "_manifest")  # as pandas/duckdb would: the folder, run_id from the partition
+    assert whole.num_rows == 8 and set(whole["run_id"].to_pylist()) == {summary["run_id"]}
+    run_record = json.loads(next((dst / "_manifest" / "_runs").glob("*.json")).read_text())
     assert run_record["ok"] == 5 and run_record["config"]["model"] == "bicubic"
 
 

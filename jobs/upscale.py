@@ -1,0 +1,12 @@
+"""Ray job entry point: `ray job submit --working-dir . -- python jobs/upscale.py SRC DST [options]`.
+
+Accepts exactly the options of `upscaler run`; inside a Ray job RAY_ADDRESS is
+set, so the run joins that cluster.
+"""
+
+import sys
+
+from pipeline.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", *sys.argv[1:]]))

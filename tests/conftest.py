@@ -1,0 +1,38 @@
+"""Shared fixtures: a real S3 server (moto in server mode on 127.0.0.1, as s3fs's own tests do)."""
+
+import socket
+
+import pytest
+
+S3_KEY, S3_SECRET = "test-key-id", "test-secret-do-not-log"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Endpoint URL of a moto S3 server that lives for the test session."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, request):
+    """(storage options, bucket URL) of a fresh bucket on the S3 server."""
+    import s3fs
+
+    options = {"endpoint_url": s3_server, "key": S3_KEY, "secret": S3_SECRET}
+    fs = s3fs.S3FileSystem(**options)
+    bucket = "b-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40]
+    fs.mkdir(bucket)
+    fs.invalidate_cache()
+    return options, f"s3://{bucket}"

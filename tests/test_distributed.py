@@ -1,0 +1,176 @@
+"""The Ray executor on a real local Ray (2 CPUs, one instance for this module)
+against a real S3 server: outputs, manifest, resume, rerun, a killed worker."""
+
+import io
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import imageio
+from pipeline.cli import EXIT_OK, EXIT_SOME_FAILED, main
+from pipeline.models import LoadedModel, save_model
+from pipeline.models.edsr.arch import EDSR
+
+from .conftest import S3_KEY, S3_SECRET
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def png(seed: int, h: int = 24, w: int = 20) -> bytes:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    pixels = np.stack([(xx * (3 + seed) + yy * 5 + k * 40) % 256 for k in range(3)], axis=2).astype(np.uint8)
+    pixels = np.clip(pixels.astype(int) + rng.integers(-8, 8, pixels.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def summary_json(out: str) -> dict:
+    """The summary object: the last top-level JSON in stdout (Ray's raylet may print above it)."""
+    start = out.rfind("\n{\n") + 1 if not out.startswith("{\n") or out.rfind("\n{\n") > 0 else 0
+    return json.loads(out[start:])
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def storage_args(options) -> list[str]:
+    return [f"--storage-option=endpoint_url={options['endpoint_url']}", f"--storage-option=key={options['key']}",
+            f"--storage-option=secret={options['secret']}"]
+
+
+def manifest_rows(fs, dst: str) -> list[dict]:
+    rows = []
+    for path in fs.glob(dst.removeprefix("s3://") + "/_manifest/run_id=*/*.parquet"):
+        run_id = path.split("run_id=")[1].split("/")[0]
+        with fs.open(path, "rb") as f:
+            rows += [dict(r, run_id=run_id) for r in pq.read_table(f).to_pylist()]
+    return rows
+
+
+@pytest.fixture
+def bucket(s3):
+    import s3fs
+
+    options, url = s3
+    fs = s3fs.S3FileSystem(**options)
+    for i in range(6):
+        fs.pipe(f"{url.removeprefix('s3://')}/in/dir{i % 2}/img{i}.png", png(i))
+    return fs, options, url
+
+
+def test_ray_run_reads_and_writes_s3_and_matches_the_local_executor(bucket, capsys):
+    fs, options, url = bucket
+    assert cli("run", f"{url}/in", f"{url}/out-ray", "--model", "bicubic", "--scale", "2",
+               "--workers", "1", "--json", *storage_args(options)) == EXIT_OK
+    summary = summary_json(capsys.readouterr().out)
+    assert (summary["ok"], summary["failed"], summary["skipped"]) == (6, 0, 0)
+    assert cli("run", f"{url}/in", f"{url}/out-local", "--model", "bicubic", "--scale", "2",
+               "--executor", "local", *storage_args(options)) == EXIT_OK
+    fs.invalidate_cache()
+    root = url.removeprefix("s3://")
+    for i in range(6):
+        key = f"dir{i % 2}/img{i}.png"
+        ray_bytes, local_bytes = fs.cat(f"{root}/out-ray/{key}"), fs.cat(f"{root}/out-local/{key}")
+        assert ray_bytes == local_bytes
+        assert imageio.decode_image(ray_bytes).pixels.shape == (48, 40, 3)
+    ray_rows = sorted(manifest_rows(fs, f"{url}/out-ray"), key=lambda r: r["image_id"])
+    local_rows = sorted(manifest_rows(fs, f"{url}/out-local"), key=lambda r: r["image_id"])
+    assert [r["image_id"] for r in ray_rows] == [f"dir{i % 2}/img{i}.png" for i in sorted(range(6), key=lambda i: f"dir{i % 2}/img{i}")]
+    same = ["image_id", "status", "width", "height", "out_width", "out_height", "model", "scale", "lr_psnr",
+            "source_version", "config_key"]
+    assert [{k: r[k] for k in same} for r in ray_rows] == [{k: r[k] for k in same} for r in local_rows]
+    assert not fs.glob(f"{root}/out-ray/_plans/*")  # the plan is cleaned up
+    # credentials appear in neither the manifest nor the run record
+    for path in fs.find(f"{root}/out-ray/_manifest"):
+        data = fs.cat(path)
+        assert S3_SECRET.encode() not in data and S3_KEY.encode() not in data
+
+
+def test_resume_skips_done_images_redoes_deleted_outputs_and_rerun_fixes_only_the_failed(bucket, capsys):
+    fs, options, url = bucket
+    root = url.removeprefix("s3://")
+    fs.pipe(f"{root}/in/broken.png", b"\x89PNG\r\n\x1a\n not really")
+    run = ["run", f"{url}/in", f"{url}/out", "--model", "bicubic", "--workers", "1", "--json", *storage_args(options)]
+    assert cli(*run) == EXIT_SOME_FAILED
+    first = summary_json(capsys.readouterr().out)
+    assert (first["ok"], first["failed"], first["skipped"]) == (6, 1, 0)
+
+    assert cli(*run) == EXIT_SOME_FAILED  # the broken one is tried again, nothing else
+    second = summary_json(capsys.readouterr().out)
+    assert (second["ok"], second["failed"], second["skipped"]) == (0, 1, 6)
+
+    fs.rm(f"{root}/out/dir1/img3.png")
+    fs.pipe(f"{root}/in/broken.png", png(99))  # the source is repaired
+    assert cli("rerun", f"{url}/out", "--dry-run", "--json", *storage_args(options)) == EXIT_OK
+    planned = summary_json(capsys.readouterr().out)
+    assert (planned["failed"], planned["missing"]) == (1, 1)
+    assert cli("rerun", f"{url}/out", "--workers", "1", "--json", *storage_args(options)) == EXIT_OK
+    rerun = summary_json(capsys.readouterr().out)
+    assert (rerun["ok"], rerun["failed"]) == (2, 0)
+
+    fs.invalidate_cache()
+    assert fs.exists(f"{root}/out/dir1/img3.png") and fs.exists(f"{root}/out/broken.png")
+    rows = manifest_rows(fs, f"{url}/out")
+    assert len(rows) == 7 + 1 + 2  # first run, second run, rerun: one row per image per run
+    assert cli(*run) == EXIT_OK
+    final = summary_json(capsys.readouterr().out)
+    assert (final["ok"], final["failed"], final["skipped"]) == (0, 0, 7)
+
+
+def test_killing_a_worker_mid_run_loses_no_image_and_duplicates_none(tmp_path, capsys):
+    torch.manual_seed(0)
+    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=32, num_block=8, scale=2)  # slow enough to be caught mid-run
+    weights = tmp_path / "edsr.safetensors"
+    save_model(LoadedModel(name="slow", arch="EDSR", module=module, scale=2, in_channels=3, out_channels=3,
+                           config={"num_feat": 32, "num_block": 8, "res_scale": 1.0, "scale": 2}), str(weights))
+    src = tmp_path / "src"
+    src.mkdir()
+    count = 32
+    for i in range(count):
+        (src / f"img{i:02d}.png").write_bytes(png(i, 128, 128))
+    killed = []
+
+    def kill_one_worker():
+        """SIGKILL the actor's process (Ray titles it after the class) once a few outputs exist."""
+        import psutil
+
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            if (tmp_path / "dst").exists() and len(list((tmp_path / "dst").glob("*.png"))) >= 3:
+                for proc in psutil.process_iter(["pid", "cmdline"]):
+                    if "UpscaleWorker" in " ".join(proc.info["cmdline"] or []):
+                        os.kill(proc.info["pid"], signal.SIGKILL)
+                        killed.append(proc.info["pid"])
+                        break
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    code = cli("run", src, tmp_path / "dst", "--model", weights, "--workers", "1", "--batch-size", "2", "--json")
+    killer.join()
+    summary = summary_json(capsys.readouterr().out)
+    assert killed, "the worker was never killed: the run finished too fast to test anything"
+    assert code == EXIT_OK and (summary["ok"], summary["failed"]) == (count, 0)
+    rows = pq.read_table(str(tmp_path / "dst" / "_manifest")).to_pylist()  # the folder reads as one table
+    assert sorted(r["image_id"] for r in rows) == sorted(f"img{i:02d}.png" for i in range(count))
+    for i in range(count):
+        assert imageio.decode_image((tmp_path / "dst" / f"img{i:02d}.png").read_bytes()).pixels.shape == (256, 256, 3)
+    assert not [p for p in (tmp_path / "dst").rglob("*") if p.name.endswith(".tmp")]
