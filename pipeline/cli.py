@@ -52,7 +52,8 @@ def add_executor_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--storage-option", action="append", type=_storage_option, default=[],
                    metavar="KEY=VALUE", help="passed to the filesystem (e.g. endpoint_url=http://127.0.0.1:9000); never recorded")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
-    g.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="live progress bar on stderr (default: when stderr is a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +127,8 @@ def _execute(config, args) -> int:
 
 
 def _summary(config, args) -> dict:
+    if args.progress is None:
+        args.progress = sys.stderr.isatty()
     if args.executor == "local":
         from pipeline.runner import run_local
 
@@ -141,8 +144,14 @@ def _report(summary: dict, args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        print(f"run {summary['run_id']}: {summary['ok']} ok, {summary['failed']} failed, "
-              f"{summary['skipped']} skipped in {summary['seconds']:.1f} s; manifest at {summary['manifest']}")
+        seconds = summary["seconds"]
+        rows = [("run", summary["run_id"]), ("ok", summary["ok"]), ("failed", summary["failed"]),
+                ("skipped", summary["skipped"]),
+                ("megapixels in / out", f"{summary['megapixels_in']:.2f} / {summary['megapixels_out']:.2f}"),
+                ("seconds", f"{seconds:.1f} ({summary['megapixels_out'] / max(seconds, 1e-9):.2f} Mpx/s out)"),
+                ("manifest", summary["manifest"])]
+        for name, value in rows:
+            print(f"{name:<20} {value}")
         for failure in summary["failures"]:
             print(f"  failed {failure['image_id']}: {failure['error_type']}: {failure['error']}", file=sys.stderr)
     return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK

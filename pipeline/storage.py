@@ -8,7 +8,10 @@ and never stored anywhere else.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
+import random
+import time
 import posixpath
 import tempfile
 import uuid
@@ -17,6 +20,8 @@ from typing import Iterator
 from urllib.parse import unquote
 
 import fsspec
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 RESERVED_PREFIXES = ("_manifest/", "_report/", "_plans/")
@@ -113,15 +118,44 @@ def output_key(key: str, extension: str) -> str:
     return stem + extension
 
 
+PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, UnsafeKeyError)
+
+
+def with_retries(action, what: str, attempts: int = 4, first_delay: float = 0.25):
+    """Run `action()`, retrying transient storage errors (5xx, throttling,
+    connection resets, timeouts) with exponential backoff and jitter. Errors
+    that retrying cannot fix (missing object, no permission) raise at once."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except PERMANENT_ERRORS:
+            raise
+        except Exception as error:
+            if attempt == attempts:
+                raise
+            log.warning("%s failed (%s: %s); retry %d/%d in %.2f s", what, type(error).__name__, error,
+                        attempt, attempts - 1, delay)
+            time.sleep(delay * (1 + random.random() / 2))
+            delay *= 2
+
+
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
-    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-        return f.read()
+    def read():
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            return f.read()
+
+    return with_retries(read, f"reading {uri}")
 
 
 def write_atomic(fs, path: str, data: bytes) -> None:
     """Make `path` appear only when complete. Locally: write a temporary file
     in the same directory and rename it over. Object stores: one PUT (or a
     multipart upload), which becomes visible only when it completes."""
+    with_retries(lambda: _write_atomic(fs, path, data), f"writing {path}")
+
+
+def _write_atomic(fs, path: str, data: bytes) -> None:
     if "file" in _protocols(fs):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
