@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="write sample images (offline) and upscale them with the default model")
     demo.add_argument("dir", nargs="?", default="upscaler-demo", help="writes DIR/samples and DIR/upscaled")
     demo.add_argument("--model", default=None)
+    demo.add_argument("--executor", choices=("ray", "local"), default="ray")
     demo.add_argument("--json", action="store_true")
 
     models = sub.add_parser("models", help="list the named models")
@@ -206,7 +207,7 @@ def cmd_demo(args) -> int:
     written = write_samples(posixpath.join(root, "samples"))
     print(f"wrote {len(written)} sample images under {root}/samples", file=sys.stderr)
     run_args = build_parser().parse_args(
-        ["run", posixpath.join(root, "samples"), posixpath.join(root, "upscaled"), "--executor", "local"]
+        ["run", posixpath.join(root, "samples"), posixpath.join(root, "upscaled"), "--executor", args.executor]
         + (["--model", args.model] if args.model else []) + (["--json"] if args.json else [])
     )
     return cmd_run(run_args)

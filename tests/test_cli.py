@@ -185,3 +185,13 @@ def test_eval_with_given_lr_files_matches_the_generated_ones(capsys):
     run_cli("eval", "--model", "bicubic", "--hr", set5 / "HR", "--scale", 4, "--json")
     generated = json.loads(capsys.readouterr().out)["mean"]["psnr"]
     assert given == pytest.approx(generated, abs=1e-9)
+
+
+def test_demo_writes_samples_in_every_claimed_layout_and_upscales_them_all(tmp_path, capsys):
+    assert main(["demo", str(tmp_path), "--executor", "local", "--json"]) == EXIT_OK
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["ok"], summary["failed"]) == (6, 0)
+    alpha = imageio.decode_image((tmp_path / "upscaled" / "alpha" / "astronaut-cutout.png").read_bytes())
+    deep = imageio.decode_image((tmp_path / "upscaled" / "16bit" / "rocket.tif").read_bytes())
+    gray = imageio.decode_image((tmp_path / "upscaled" / "gray" / "camera.png").read_bytes())
+    assert alpha.pixels.shape[2] == 4 and deep.pixels.dtype == np.uint16 and gray.pixels.shape[2] == 1
