@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--executor", choices=("ray", "local"), default="ray")
     demo.add_argument("--json", action="store_true")
 
+    train = sub.add_parser("train", help="train a model (weighted L1/L2, perceptual, adversarial, TV losses; Ray Train)")
+    from pipeline.train import add_train_arguments
+
+    add_train_arguments(train)
+
     models = sub.add_parser("models", help="list the named models")
     models.add_argument("--json", action="store_true")
     return parser
@@ -213,6 +218,12 @@ def cmd_demo(args) -> int:
     return cmd_run(run_args)
 
 
+def cmd_train(args) -> int:
+    from pipeline.train import run_train
+
+    return run_train(args)
+
+
 def cmd_models(args) -> int:
     from pipeline.models import list_models
 
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "demo": cmd_demo,
-                "rerun": cmd_rerun}[args.command](args)
+                "rerun": cmd_rerun, "train": cmd_train}[args.command](args)
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
