@@ -56,12 +56,8 @@ def add_executor_options(p: argparse.ArgumentParser) -> None:
                    help="live progress bar on stderr (default: when stderr is a terminal)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="upscaler", description="Batch super-resolution for image archives.")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="upscale every image under SRC into DST, with a Parquet manifest")
+def add_run_options(run: argparse.ArgumentParser) -> None:
+    """What a run does (shared by `run` and `plan`)."""
     run.add_argument("src", help="source prefix, object or local folder (fsspec URL or path)")
     run.add_argument("dst", help="destination prefix (fsspec URL or path)")
     add_engine_options(run)
@@ -77,7 +73,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from-list", default=None, help="text (one URL or key per line) or Parquet list of images under SRC")
     run.add_argument("--force", action="store_true", help="reprocess images an earlier run already did")
     run.add_argument("--run-id", default=None)
+    run.add_argument("--include-quarantined", action="store_true",
+                     help="also retry images that failed the same deterministic way in earlier runs")
+    run.add_argument("--limit", type=int, default=None, help="pilot run: the first N images to do")
+    run.add_argument("--sample", type=int, default=None, help="pilot run: a random N of the images to do")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="upscaler", description="Batch super-resolution for image archives.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="upscale every image under SRC into DST, with a Parquet manifest")
+    add_run_options(run)
+    run.add_argument("--max-cost", type=float, default=None, metavar="USD",
+                     help="refuse to start (exit 2, nothing written) when the estimate exceeds this; needs --gpu-hour-price")
+    run.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
     add_executor_options(run)
+
+    plan = sub.add_parser("plan", help="what a run would do and cost; runs nothing")
+    add_run_options(plan)
+    plan.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
+    plan.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+    plan.add_argument("--json", action="store_true")
+
+    cal = sub.add_parser("calibrate", help="measure a model's megapixels/s on this device for `plan`")
+    cal.add_argument("--model", default=None)
+    cal.add_argument("--device", default="auto")
+    cal.add_argument("--tile", type=int, default=None)
+    cal.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    cal.add_argument("--seconds", type=float, default=10.0, help="how long to measure")
+    cal.add_argument("--json", action="store_true")
+
+    runs = sub.add_parser("runs", help="list the runs recorded under DST")
+    runs.add_argument("dst")
+    runs.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
+    runs.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+    runs.add_argument("--json", action="store_true")
 
     ev = sub.add_parser("eval", help="PSNR/SSIM on a benchmark set with the paper protocol")
     ev.add_argument("--hr", required=True, help="folder of high-resolution images")
@@ -113,19 +145,76 @@ def _default_model(scale: float | None) -> str:
     return DEFAULT_MODEL
 
 
-def cmd_run(args) -> int:
+def config_from_args(args):
     from pipeline import imageio
     from pipeline.runner import RunConfig
 
-    config = RunConfig(
+    return RunConfig(
         src=args.src, dst=args.dst, model=args.model or _default_model(args.scale), scale=args.scale,
         tile=args.tile, overlap=args.overlap, precision=args.precision, format=args.format,
         quality=args.quality, compress_level=args.compress_level, reference=args.reference, include=tuple(args.include),
         exclude=tuple(args.exclude), max_pixels=args.max_pixels or imageio.DEFAULT_MAX_PIXELS,
-        batch_images=max(1, args.batch_size), device=args.device, run_id=args.run_id,
+        batch_images=max(1, getattr(args, "batch_size", 4)), device=args.device, run_id=args.run_id,
         force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
+        include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
     )
+
+
+def cmd_run(args) -> int:
+    config = config_from_args(args)
+    if args.max_cost is not None:
+        from pipeline.costs import estimate
+
+        if args.gpu_hour_price is None:
+            raise ValueError("--max-cost needs --gpu-hour-price to turn device-seconds into money")
+        planned = estimate(config, gpu_hour_price=args.gpu_hour_price, include_quarantined=args.include_quarantined)
+        if planned.estimated_cost > args.max_cost:
+            raise ValueError(f"estimated cost {planned.estimated_cost:.2f} USD exceeds --max-cost {args.max_cost:.2f} "
+                             f"({planned.todo} images, {planned.megapixels_out:.1f} output Mpx, "
+                             f"{planned.estimated_device_seconds:.0f} device-s at {planned.mpx_per_second} Mpx/s, "
+                             f"{planned.throughput_source}); nothing was written")
     return _execute(config, args)
+
+
+def cmd_plan(args) -> int:
+    from pipeline.costs import estimate
+
+    planned = estimate(config_from_args(args), gpu_hour_price=args.gpu_hour_price,
+                       include_quarantined=args.include_quarantined).as_dict()
+    if args.json:
+        print(json.dumps(planned, indent=2))
+    else:
+        for name, value in planned.items():
+            print(f"{name:<26} {value}")
+    return EXIT_OK
+
+
+def cmd_calibrate(args) -> int:
+    from pipeline.costs import calibrate
+
+    result = calibrate(args.model or _default_model(None), device=args.device, tile=args.tile,
+                       precision=args.precision, seconds=args.seconds)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['model']} on {result['device']}: {result['mpx_per_second']} output Mpx/s "
+              f"(tile {result['tile']}, {result['precision']}); stored in {result['cache']}")
+    return EXIT_OK
+
+
+def cmd_runs(args) -> int:
+    from pipeline.runs import list_runs
+
+    rows = list_runs(args.dst, dict(args.storage_option), gpu_hour_price=args.gpu_hour_price)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    print(f"{'run_id':<26}{'ok':>7}{'failed':>7}{'skipped':>8}{'seconds':>9}{'Mpx out':>9}{'device-s':>10}{'cost':>9}")
+    for r in rows:
+        cost = "" if r["cost"] is None else f"{r['cost']:.4f}"
+        print(f"{r['run_id']:<26}{r['ok']:>7}{r['failed']:>7}{r['skipped']:>8}{r['seconds']:>9.1f}"
+              f"{r['megapixels_out']:>9.2f}{r['device_seconds']:>10.1f}{cost:>9}")
+    return EXIT_OK
 
 
 def _execute(config, args) -> int:
@@ -246,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "demo": cmd_demo,
-                "rerun": cmd_rerun, "train": cmd_train}[args.command](args)
+                "rerun": cmd_rerun, "train": cmd_train, "plan": cmd_plan,
+                "calibrate": cmd_calibrate, "runs": cmd_runs}[args.command](args)
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

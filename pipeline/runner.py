@@ -55,6 +55,9 @@ class RunConfig:
     run_id: str | None = None
     force: bool = False  # reprocess images an earlier run already did
     from_list: str | None = None  # text or Parquet list of URLs/keys under src
+    include_quarantined: bool = False  # retry images that failed deterministically in earlier runs
+    limit: int | None = None  # pilot runs: the first N images to do ...
+    sample: int | None = None  # ... or a random N of them
     storage_options: dict = field(default_factory=dict, repr=False)
 
     def public(self) -> dict:
@@ -256,7 +259,8 @@ def prepare(config: RunConfig, model: LoadedModel | None = None) -> Prepared:
         listing = storage.list_sources(config.src, include=config.include, exclude=config.exclude,
                                        storage_options=config.storage_options)
     counts = plan_mod.Plan()
-    sources = plan_mod.to_do(listing, prior, dst_fs, config.force, counts)
+    sources = plan_mod.to_do(listing, prior, dst_fs, config.force, counts,
+                             include_quarantined=config.include_quarantined, limit=config.limit, sample=config.sample)
     return Prepared(config, run_id, started_at, model, key, dst_fs, dst_root, sources, counts)
 
 
@@ -340,7 +344,8 @@ def finish_run(p: Prepared, sink: RowSink, *, executor: str, engine: dict, extra
         "ok": sink.counts["ok"],
         "failed": sink.counts["failed"],
         "skipped": p.plan.skipped,
-        "total": sink.counts["ok"] + sink.counts["failed"] + p.plan.skipped,
+        "quarantined": p.plan.quarantined,
+        "total": sink.counts["ok"] + sink.counts["failed"] + p.plan.skipped + p.plan.quarantined,
         "seconds": (finished_at - p.started_at).total_seconds(),
         "megapixels_in": round(sink.megapixels[0], 6),
         "megapixels_out": round(sink.megapixels[1], 6),

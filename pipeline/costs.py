@@ -1,0 +1,178 @@
+"""What a run will cost before it starts, and what it cost after.
+
+Throughput is measured by `upscaler calibrate` as output megapixels per
+device-second for one model on one device (with the tile and precision it
+was measured at), and stored in a user cache that `plan` reads. Without a
+calibration, `plan` uses a per-device default and says so:
+
+- cpu:  0.5 output Mpx/s (EDSR-baseline x4 measured 1.1 on a 2-core x86 VM; slower models exist)
+- cuda: 20 output Mpx/s (a conservative figure for EDSR-baseline-sized models in half precision)
+
+Device-seconds = output megapixels / (Mpx/s); cost = device-hours * --gpu-hour-price.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_MPX_PER_SECOND = {"cpu": 0.5, "cuda": 20.0}
+
+
+def cache_path() -> Path:
+    root = os.environ.get("UPSCALER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "upscaler")
+    return Path(root) / "calibration.json"
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "cuda:" + torch.cuda.get_device_name(0 if device in ("auto", "cuda") else int(device.split(":")[1]))
+    return "cpu"
+
+
+def calibration_key(model_id: str, device: str) -> str:
+    return f"{model_id}|{device}"
+
+
+@dataclass
+class Throughput:
+    mpx_per_second: float
+    source: str  # "calibrated <date>" or "default for <device type>"
+
+
+def throughput(model_id: str, device: str) -> Throughput:
+    try:
+        table = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        table = {}
+    entry = table.get(calibration_key(model_id, device))
+    if entry:
+        return Throughput(entry["mpx_per_second"], f"calibrated {entry['measured_at']} ({cache_path()})")
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return Throughput(DEFAULT_MPX_PER_SECOND[kind],
+                      f"default for {kind} (no calibration for this model on {device}: run `upscaler calibrate`)")
+
+
+def calibrate(model_spec: str, device: str = "auto", tile: int | None = None, precision: str = "auto",
+              seconds: float = 10.0, size: int = 256) -> dict:
+    """Time the engine on a synthetic photo-like image until `seconds` pass; store Mpx/s."""
+    import numpy as np
+
+    from pipeline.engine import Upscaler
+    from pipeline.models import load_model
+
+    model = load_model(model_spec)
+    upscaler = Upscaler(model, device=device, precision=precision, tile=tile)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    image = np.stack([np.sin(8 * xx + k) * np.cos(6 * yy) * 100 + 128 for k in range(3)], axis=2).astype(np.uint8)
+    upscaler.upscale([image])  # warm-up
+    done, started = 0.0, time.perf_counter()
+    while time.perf_counter() - started < seconds or done == 0:
+        out = upscaler.upscale([image])[0]
+        done += out.shape[0] * out.shape[1] / 1e6
+    mpx_per_second = done / (time.perf_counter() - started)
+    name = device_name(str(upscaler.device))
+    entry = {"model": model.name, "model_id": model.sha256 or model.name, "device": name,
+             "tile": upscaler.info["tile"], "precision": upscaler.precision,
+             "mpx_per_second": round(mpx_per_second, 4), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    table[calibration_key(entry["model_id"], name)] = entry
+    path.write_text(json.dumps(table, indent=2, sort_keys=True))
+    return {**entry, "cache": str(path)}
+
+
+def image_size(uri: str, storage_options: dict | None = None) -> tuple[int, int] | None:
+    """(width, height) from the header only (a few KB read), or None if unknown."""
+    import fsspec
+    from PIL import Image
+
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            head = f.read(1 << 16)
+            if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                import tifffile
+
+                f.seek(0)
+                with tifffile.TiffFile(f) as tif:
+                    page = tif.pages[0]
+                    return int(page.imagewidth), int(page.imagelength)
+            with Image.open(io.BytesIO(head)) as im:
+                return im.size
+    except Exception:
+        return None
+
+
+@dataclass
+class Estimate:
+    total: int
+    todo: int
+    done: int
+    failed: int
+    quarantined: int
+    megapixels_in: float
+    megapixels_out: float
+    unknown_size: int
+    mpx_per_second: float
+    throughput_source: str
+    estimated_device_seconds: float
+    gpu_hour_price: float | None
+    estimated_cost: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate(config, *, gpu_hour_price: float | None = None, include_quarantined: bool = False) -> Estimate:
+    """Plan a run without running it: counts from the listing and earlier
+    manifests, megapixels from image headers, device-seconds from calibration."""
+    from pipeline import plan as plan_mod
+    from pipeline import storage
+    from pipeline.engine import pick_device
+    from pipeline.models import load_model
+
+    model = load_model(config.model, scale=max(1, round(config.scale)) if config.scale else 4,
+                       storage_options=config.storage_options)
+    key = plan_mod.config_key(model.sha256 or model.name, config)
+    dst_fs, dst_root = storage.open_location(config.dst, config.storage_options)
+    dst_fs.invalidate_cache()
+    prior = plan_mod.PriorIndex({}) if config.force else plan_mod.PriorIndex.load(dst_fs, dst_root, key)
+    if config.from_list:
+        listing = plan_mod.sources_from_list(config.from_list, config.src, config.storage_options)
+    else:
+        listing = storage.list_sources(config.src, include=config.include, exclude=config.exclude,
+                                       storage_options=config.storage_options)
+    counts = plan_mod.Plan()
+    scale = float(config.scale or model.scale)
+    mpx_in = mpx_out = 0.0
+    unknown = 0
+    for source in plan_mod.to_do(listing, prior, dst_fs, config.force, counts,
+                                 include_quarantined=include_quarantined):
+        size = image_size(source.uri, config.storage_options)
+        if size is None:
+            unknown += 1
+            continue
+        mpx_in += size[0] * size[1] / 1e6
+        mpx_out += round(size[0] * scale) * round(size[1] * scale) / 1e6
+    device = device_name(str(pick_device(config.device)))
+    speed = throughput(model.sha256 or model.name, device)
+    seconds = mpx_out / speed.mpx_per_second
+    return Estimate(
+        total=counts.todo + counts.skipped + counts.quarantined, todo=counts.todo, done=counts.skipped,
+        failed=counts.retried, quarantined=counts.quarantined, megapixels_in=round(mpx_in, 3),
+        megapixels_out=round(mpx_out, 3), unknown_size=unknown, mpx_per_second=speed.mpx_per_second,
+        throughput_source=speed.source, estimated_device_seconds=round(seconds, 2),
+        gpu_hour_price=gpu_hour_price,
+        estimated_cost=round(seconds / 3600 * gpu_hour_price, 4) if gpu_hour_price is not None else None,
+    )
