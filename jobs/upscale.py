@@ -5,8 +5,11 @@ set, so the run joins that cluster.
 """
 
 import sys
+from pathlib import Path
 
-from pipeline.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir, if not installed
+
+from pipeline.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["run", *sys.argv[1:]]))

@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--seconds", type=float, default=10.0, help="how long to measure")
     cal.add_argument("--json", action="store_true")
 
+    submit = sub.add_parser("submit", help="submit `upscaler run` as a Ray job (Job Submission API); prints the job id")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    submit.add_argument("--working-dir", default=".", help="uploaded as the job's working directory (default: .)")
+    submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 only if it succeeded")
+    submit.add_argument("run_args", nargs=argparse.REMAINDER, metavar="SRC DST [run options]")
+
     runs = sub.add_parser("runs", help="list the runs recorded under DST")
     runs.add_argument("dst")
     runs.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
@@ -200,6 +206,36 @@ def cmd_calibrate(args) -> int:
         print(f"{result['model']} on {result['device']}: {result['mpx_per_second']} output Mpx/s "
               f"(tile {result['tile']}, {result['precision']}); stored in {result['cache']}")
     return EXIT_OK
+
+
+CREDENTIAL_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def cmd_submit(args) -> int:
+    """Validate the run options here, then hand `python jobs/upscale.py ...` to the cluster."""
+    import shlex
+
+    run_args = [a for a in args.run_args if a != "--"]
+    parsed = build_parser().parse_args(["run", *run_args])  # a usage error exits 2 before anything is sent
+    for key, _ in parsed.storage_option:
+        if any(word in key.lower() for word in CREDENTIAL_WORDS):
+            raise ValueError(f"--storage-option {key}=... looks like a credential; the entrypoint is visible to "
+                             "anyone who can list jobs: give it to the cluster's environment instead")
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(args.address)
+    runtime_env = {"working_dir": args.working_dir,
+                   "excludes": [".venv", ".git", "*.egg-info", "__pycache__", "upscaler-demo"]}
+    job_id = client.submit_job(entrypoint="python jobs/upscale.py " + shlex.join(run_args), runtime_env=runtime_env)
+    print(job_id)
+    if not args.wait:
+        return EXIT_OK
+    import time
+
+    while not (status := client.get_job_status(job_id)).is_terminal():
+        time.sleep(1)
+    print(f"job {job_id}: {status}", file=sys.stderr)
+    return EXIT_OK if status == JobStatus.SUCCEEDED else EXIT_SOME_FAILED
 
 
 def cmd_runs(args) -> int:
@@ -336,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "demo": cmd_demo,
                 "rerun": cmd_rerun, "train": cmd_train, "plan": cmd_plan,
-                "calibrate": cmd_calibrate, "runs": cmd_runs}[args.command](args)
+                "calibrate": cmd_calibrate, "runs": cmd_runs, "submit": cmd_submit}[args.command](args)
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
