@@ -137,7 +137,7 @@ class Estimate:
 def estimate(config, *, gpu_hour_price: float | None = None, include_quarantined: bool = False) -> Estimate:
     """Plan a run without running it: counts from the listing and earlier
     manifests, megapixels from image headers, device-seconds from calibration."""
-    from pipeline import plan as plan_mod
+    from pipeline import resume as plan_mod
     from pipeline import storage
     from pipeline.engine import pick_device
     from pipeline.models import load_model
@@ -170,8 +170,8 @@ def estimate(config, *, gpu_hour_price: float | None = None, include_quarantined
     seconds = mpx_out / speed.mpx_per_second
     return Estimate(
         total=counts.todo + counts.skipped + counts.quarantined, todo=counts.todo, done=counts.skipped,
-        failed=counts.retried, quarantined=counts.quarantined, megapixels_in=round(mpx_in, 3),
-        megapixels_out=round(mpx_out, 3), unknown_size=unknown, mpx_per_second=speed.mpx_per_second,
+        failed=counts.retried, quarantined=counts.quarantined, megapixels_in=round(mpx_in, 6),
+        megapixels_out=round(mpx_out, 6), unknown_size=unknown, mpx_per_second=speed.mpx_per_second,
         throughput_source=speed.source, estimated_device_seconds=round(seconds, 2),
         gpu_hour_price=gpu_hour_price,
         estimated_cost=round(seconds / 3600 * gpu_hour_price, 4) if gpu_hour_price is not None else None,

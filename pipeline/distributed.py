@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline import manifest, plan as plan_mod
+from pipeline import manifest, resume as plan_mod
 from pipeline.runner import (RowSink, RunConfig, base_row, finish_run, finish_stage, infer_stage, prepare,
                              read_stage, Reference)
 

@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from pipeline import __version__, imageio, manifest, metrics, storage
-from pipeline import plan as plan_mod
+from pipeline import resume as plan_mod
 from pipeline.engine import Upscaler
 from pipeline.models import LoadedModel, load_model
 
