@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 only if it succeeded")
     submit.add_argument("run_args", nargs=argparse.REMAINDER, metavar="SRC DST [run options]")
 
+    report = sub.add_parser("report", help="write a static HTML report of a run under DST/_report/")
+    report.add_argument("dst")
+    report.add_argument("--run-id", default=None, help="default: the latest run")
+    report.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+
     runs = sub.add_parser("runs", help="list the runs recorded under DST")
     runs.add_argument("dst")
     runs.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
@@ -236,6 +241,13 @@ def cmd_submit(args) -> int:
         time.sleep(1)
     print(f"job {job_id}: {status}", file=sys.stderr)
     return EXIT_OK if status == JobStatus.SUCCEEDED else EXIT_SOME_FAILED
+
+
+def cmd_report(args) -> int:
+    from pipeline.report import write_report
+
+    print(write_report(args.dst, args.run_id, dict(args.storage_option)))
+    return EXIT_OK
 
 
 def cmd_runs(args) -> int:
@@ -372,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "demo": cmd_demo,
                 "rerun": cmd_rerun, "train": cmd_train, "plan": cmd_plan,
-                "calibrate": cmd_calibrate, "runs": cmd_runs, "submit": cmd_submit}[args.command](args)
+                "calibrate": cmd_calibrate, "runs": cmd_runs, "submit": cmd_submit,
+                "report": cmd_report}[args.command](args)
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
