@@ -308,7 +308,7 @@ class _Prepared:
         if self.gray and color.shape[0] == 3:
             color = color.mean(dim=0, keepdim=True)
         planes = color if alpha is None else torch.cat([color, alpha], dim=0)
-        array = planes.permute(1, 2, 0).numpy()
+        array = np.ascontiguousarray(planes.permute(1, 2, 0).numpy())  # encoders such as libpng need C order
         if np.issubdtype(self.dtype, np.integer):
             top = float(np.iinfo(self.dtype).max)
             return np.rint(np.clip(array, 0.0, 1.0) * top).astype(self.dtype)
