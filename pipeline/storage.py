@@ -23,7 +23,7 @@ import fsspec
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".dcm")
 RESERVED_PREFIXES = ("_manifest/", "_report/", "_plans/")
 
 
@@ -121,7 +121,7 @@ def output_key(key: str, extension: str) -> str:
 PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, UnsafeKeyError)
 
 
-def with_retries(action, what: str, attempts: int = 4, first_delay: float = 0.25):
+def with_retries(action, what: str, attempts: int = 6, first_delay: float = 0.25):
     """Run `action()`, retrying transient storage errors (5xx, throttling,
     connection resets, timeouts) with exponential backoff and jitter. Errors
     that retrying cannot fix (missing object, no permission) raise at once."""
