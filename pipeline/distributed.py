@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -130,7 +131,12 @@ def run_ray(config: RunConfig, options: RayOptions | None = None, *, progress: b
     p = prepare(config)
     workers, cpus_per, gpus_per = _resources(ray, options)
     sink = RowSink(p, "driver", progress=progress)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts images, not blocks
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Ray 2.60 warns about map_batches(max_restarts=...); the pin in pyproject stays below its removal.
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
     plan_dir = f"{p.dst_root}/_plans/{p.run_id}"
     try:
         paths = write_plan(p, plan_dir)
