@@ -75,6 +75,15 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--run-id", default=None)
     run.add_argument("--include-quarantined", action="store_true",
                      help="also retry images that failed the same deterministic way in earlier runs")
+    run.add_argument("--band-mode", choices=("rgb+gray", "each"), default="rgb+gray",
+                     help="rasters: 'rgb+gray' runs the Red/Green/Blue bands (GDAL COLORINTERP, else the first three) "
+                          "through the model together and every other band alone through the gray path; 'each' runs every band alone")
+    run.add_argument("--radiometric", choices=("auto", "minmax", "dtype"), default="auto",
+                     help="rasters: mapping to the model's [0, 1]: 'minmax' (valid data range, shared by the RGB triplet), "
+                          "'dtype' (the sample type's full range), 'auto' (dtype for uint8, else minmax); recorded in the manifest")
+    run.add_argument("--stream-threshold", type=int, default=4096 * 4096, metavar="PIXELS",
+                     help="TIFFs with more pixels are read, upscaled and written window by window into a tiled (Big)TIFF, "
+                          "memory bound by the window (default 16777216 = 4096 x 4096; 0: never)")
     run.add_argument("--limit", type=int, default=None, help="pilot run: the first N images to do")
     run.add_argument("--sample", type=int, default=None, help="pilot run: a random N of the images to do")
 
@@ -131,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rerun = sub.add_parser("rerun", help="redo the images whose latest row failed or whose output vanished")
     rerun.add_argument("dst", help="the destination of the earlier runs")
-    rerun.add_argument("--dry-run", action="store_true", help="say what would be redone, run nothing")
+    rerun.add_argument("--dry-run", action="store_true", help="the plan for what would be redone; runs nothing")
+    rerun.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
     add_executor_options(rerun)
 
     demo = sub.add_parser("demo", help="write sample images (offline) and upscale them with the default model")
@@ -168,6 +178,7 @@ def config_from_args(args):
         batch_images=max(1, getattr(args, "batch_size", 4)), device=args.device, run_id=args.run_id,
         force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
+        band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
     )
 
 
@@ -266,7 +277,10 @@ def cmd_runs(args) -> int:
 
 
 def _execute(config, args) -> int:
-    return _report(_summary(config, args), args)
+    summary = _summary(config, args)
+    if getattr(args, "gpu_hour_price", None) is not None:
+        summary["cost"] = round(summary["device_seconds"] / 3600 * args.gpu_hour_price, 6)
+    return _report(summary, args)
 
 
 def _summary(config, args) -> dict:
@@ -323,15 +337,26 @@ def cmd_rerun(args) -> int:
     print(f"rerun: {failed + missing} images ({failed} failed, {missing} outputs missing) "
           f"from {len(groups)} earlier run(s)", file=sys.stderr)
     if args.dry_run:
+        from pipeline.costs import estimate
+
+        plans = [estimate(g.config, gpu_hour_price=args.gpu_hour_price).as_dict() for g in groups]
+        result = {"todo": failed + missing, "failed": failed, "missing": missing, "runs": len(groups)}
+        for key in ("megapixels_in", "megapixels_out", "estimated_device_seconds"):
+            result[key] = round(sum(p[key] for p in plans), 6)
+        prices = [p["estimated_cost"] for p in plans]
+        result["estimated_cost"] = round(sum(prices), 6) if prices and None not in prices else None
         if args.json:
-            print(json.dumps({"todo": failed + missing, "failed": failed, "missing": missing, "runs": len(groups)}))
+            print(json.dumps(result, indent=2))
+        else:
+            for name, value in result.items():
+                print(f"{name:<26} {value}")
         return EXIT_OK
     summaries = []
     for group in groups:
         group.config.batch_images = max(1, args.batch_size)
         summaries.append(_summary(group.config, args))
     total = {"run_id": ",".join(s["run_id"] for s in summaries), "failures": [], "manifest": None}
-    for key in ("ok", "failed", "skipped", "total", "seconds", "megapixels_in", "megapixels_out"):
+    for key in ("ok", "failed", "skipped", "total", "seconds", "megapixels_in", "megapixels_out", "device_seconds"):
         total[key] = sum(s[key] for s in summaries)
     for s in summaries:
         total["failures"] += s["failures"]

@@ -12,7 +12,7 @@ How an output scale that differs from the model's is reached:
   (x3 or x2.5 from an x4 model is one x4 pass, then a downscale). Output size
   is round(input size * target scale).
 
-Pixel values: uint8 and uint16 map to [0, 1] by their full range; float
+Pixel values: uint8, uint16 and int16 map to [0, 1] by their full range; float
 images already in [0, 1] pass as they are, others are mapped by their min and
 max and mapped back afterwards. Gray images run through an RGB model as three
 equal channels and come back as one (the channel mean); alpha is resized
@@ -145,14 +145,17 @@ class Upscaler:
         return max(1, round(height * s)), max(1, round(width * s))
 
     def upscale(self, images: list[np.ndarray], scale: float | None = None) -> list[np.ndarray]:
-        """Upscale HxWxC images (uint8, uint16 or float32; C = 1..4), keeping dtype and C."""
+        """Upscale HxWxC images (uint8, uint16, int16 or float32; C = 1..4), keeping dtype and C.
+        Rasters with other band counts go through raster.BandPlan, which hands this
+        float32 planes in [0, 1]."""
         target = float(self.model.scale if scale is None else scale)
         if target <= 0:
             raise ValueError(f"scale must be positive, not {target}")
         prepared = [_to_unit(img) for img in images]
         colors = [p.color for p in prepared]
-        if self.interpolation:
-            upscaled = [self._interpolate(c, target) for c in colors]
+        if self.interpolation:  # a gray image's three equal planes: resize one, the same bits
+            upscaled = [self._interpolate(c[:1], target).expand(3, -1, -1) if p.gray else self._interpolate(c, target)
+                        for p, c in zip(prepared, colors)]
         else:
             upscaled = self._model_passes(colors, target)
         results = []
@@ -310,8 +313,11 @@ class _Prepared:
         planes = color if alpha is None else torch.cat([color, alpha], dim=0)
         array = np.ascontiguousarray(planes.permute(1, 2, 0).numpy())  # encoders such as libpng need C order
         if np.issubdtype(self.dtype, np.integer):
-            top = float(np.iinfo(self.dtype).max)
-            return np.rint(np.clip(array, 0.0, 1.0) * top).astype(self.dtype)
+            info = np.iinfo(self.dtype)
+            unit = np.clip(array, 0.0, 1.0) * float(info.max - info.min)
+            if info.min:  # int16: 0 maps to -32768
+                unit = unit + float(info.min)
+            return np.rint(unit).astype(self.dtype)
         if self.value_range is not None:
             lo, hi = self.value_range
             array = array * (hi - lo) + lo
@@ -327,6 +333,8 @@ def _to_unit(pixels: np.ndarray) -> _Prepared:
     value_range = None
     if pixels.dtype in (np.uint8, np.uint16):
         unit = pixels.astype(np.float32) / float(np.iinfo(pixels.dtype).max)
+    elif pixels.dtype == np.int16:  # the type's full range, -32768..32767 -> 0..1
+        unit = (pixels.astype(np.float32) + 32768.0) / 65535.0
     elif np.issubdtype(pixels.dtype, np.floating):
         unit = pixels.astype(np.float32)
         finite = unit[np.isfinite(unit)]

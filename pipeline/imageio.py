@@ -18,6 +18,15 @@ raises an error instead of being dropped, except these deliberate choices:
   (a CMYK profile would mislabel RGB output).
 - EXIF orientation is applied to the pixels and reset to 1 in the carried EXIF;
   XMP is not carried.
+
+Rasters (see raster.py): a TIFF with GeoTIFF or GDAL tags, int16 samples, or a sample
+layout that is not L/LA/RGB/RGBA (e.g. 4 or 13 bands) decodes with ``raster`` set: all
+its bands in their order and type (uint8, uint16, int16, float32), its georeferencing,
+nodata and GDAL metadata, and is written back only as TIFF, with the georeferencing
+rescaled (geo.py). A georeferenced raster keeps its stored pixel grid (the Orientation
+tag is not applied: the geotransform refers to the stored grid). DICOM (dicom.py, the
+optional ``dicom`` extra) decodes its stored values and is written back as a derived
+DICOM instance.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from pipeline import geo as geo_mod
+from pipeline.raster import RasterInfo
+
 # 400 Mpx (20000 x 20000) fits the largest camera captures (pixel-shift medium format)
 # and large archive scans, while such an image is already 1.2 GB as RGB uint8 (3.2 GB
 # as RGBA uint16) before it is upscaled. Larger images are refused from the header,
@@ -43,10 +55,11 @@ DEFAULT_MAX_PIXELS = 20_000 * 20_000
 
 ORIENTATION = 0x0112  # EXIF / TIFF tag
 _EXIF_PREFIX = b"Exif\x00\x00"
-_DTYPES = ("uint8", "uint16", "float32")
+_DTYPES = ("uint8", "uint16", "float32")  # photos
+_TIFF_DTYPES = ("uint8", "uint16", "int16", "float32")  # int16 only as a raster
 _PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
-_EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp"}
-_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
+_EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "dicom": ".dcm"}
+_ALIASES = {"jpg": "jpeg", "tif": "tiff", "dcm": "dicom"}
 _REQUESTABLE = ("png", "tiff", "jpeg", "webp")
 
 
@@ -67,23 +80,36 @@ class DecodedImage:
     """Pixels plus what the output needs to look like the source."""
 
     pixels: np.ndarray  # H x W x C (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA); uint8, uint16 or float32
-    format: str  # "png" | "jpeg" | "webp" | "bmp" | "gif" | "tiff"
+    format: str  # "png" | "jpeg" | "webp" | "bmp" | "gif" | "tiff" | "dicom"
     mode: str  # what the source was: Pillow mode, or e.g. "RGB;16", "L;32F" for 16-bit/float
     icc_profile: bytes | None = None
     exif: bytes | None = None  # starts with b"Exif\0\0"; Orientation reset to 1
-    info: dict = field(default_factory=dict)  # "dpi", "frames", "extrasample" (TIFF)
+    info: dict = field(default_factory=dict)  # "dpi", "frames", "extrasample" (TIFF), "dicom" (dataset)
+    raster: RasterInfo | None = None  # rasters: any band count, int16 too; see raster.py
 
     @property
     def has_alpha(self) -> bool:
+        if self.raster is not None:
+            return self.raster.alpha is not None
         return self.pixels.shape[2] in (2, 4)
 
     @property
     def color_channels(self) -> int:
+        """Colour channels of a photo (1 or 3); for a raster, its data bands."""
+        if self.raster is not None:
+            return self.pixels.shape[2] - (self.raster.alpha is not None)
         return 1 if self.pixels.shape[2] <= 2 else 3
 
 
 def output_format(src_format: str, requested: str | None) -> tuple[str, str]:
-    """(format, extension) to write; GIF becomes PNG since a palette would ruin the upscale."""
+    """(format, extension) to write; GIF becomes PNG since a palette would ruin the upscale.
+    DICOM is written as DICOM (a derived instance): another format would drop the
+    spacing and the instance's identity, so asking for one is an error."""
+    if src_format == "dicom":
+        if requested and _canonical(requested) != "dicom":
+            raise ValueError(f"DICOM input is written as a derived DICOM instance; --format {requested} "
+                             "would drop its pixel spacing and UIDs")
+        return "dicom", _EXTENSIONS["dicom"]
     if requested:
         fmt = _canonical(requested)
         if fmt not in _REQUESTABLE:
@@ -121,6 +147,10 @@ def decode_image(
     try:
         if fmt == "tiff":
             return _decode_tiff(data, label, max_pixels)
+        if fmt == "dicom":
+            from pipeline import dicom
+
+            return dicom.decode(data, label, max_pixels)
         return _decode_pillow(data, fmt, label, max_pixels)
     except ImageDecodeError:
         raise
@@ -138,6 +168,8 @@ def decode_image(
 
 def _sniff(data: bytes) -> str | None:
     """Format from the magic bytes, so only the formats we claim reach a decoder."""
+    if data[128:132] == b"DICM":  # DICOM Part 10 (first: its preamble may hold a TIFF header)
+        return "dicom"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -269,38 +301,78 @@ def _decode_tiff(data: bytes, label: str, max_pixels: int | None) -> DecodedImag
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages[0]
         _check_size(page.imagewidth, page.imagelength, label, max_pixels)
-        photometric = page.photometric
-        plain = photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
-        if not plain or page.bitspersample < 8:
-            if page.bitspersample <= 8:  # palette, bilevel, CMYK, YCbCr: libtiff via Pillow
-                return _decode_pillow(data, "tiff", label, max_pixels)
-            raise ImageDecodeError(
-                f"{label}: unsupported TIFF photometric {photometric.name} at {page.bitspersample} bits"
-            )
-        if page.dtype is None or page.dtype.name not in _DTYPES:
-            raise ImageDecodeError(
-                f"{label}: unsupported sample type {page.dtype} in TIFF (supported: {', '.join(_DTYPES)})"
-            )
+        layout = tiff_layout(page, label)
+        if layout is None:  # palette, bilevel, CMYK, YCbCr: libtiff via Pillow
+            return _decode_pillow(data, "tiff", label, max_pixels)
         pixels = page.asarray()
         if page.axes == "SYX":  # planar configuration "separate"
             pixels = np.moveaxis(pixels, 0, -1)
         elif page.axes not in ("YX", "YXS"):
             raise ImageDecodeError(f"{label}: unsupported TIFF layout {page.axes!r}")
         pixels = _as_hwc(pixels)
-        color = 3 if photometric == tifffile.PHOTOMETRIC.RGB else 1
-        if pixels.shape[2] - color not in (0, 1):
-            raise ImageDecodeError(
-                f"{label}: TIFF with {pixels.shape[2]} samples per pixel is not supported "
-                f"({photometric.name} allows at most one extra (alpha) sample)"
-            )
-        info = {}
-        if pixels.shape[2] > color:  # keep associated / unassociated / unspecified for TIFF output
-            info["extrasample"] = int(page.extrasamples[0]) if page.extrasamples else 0
+        raster, info = layout
+        georeferenced = raster is not None and raster.geo is not None and raster.geo.georeferenced
         return _finish(
-            pixels, "tiff", _mode_name(pixels), icc=page.tags.valueof(34675), raw_exif=None,
-            orientation=page.tags.valueof(ORIENTATION, 1), dpi=_tiff_dpi(page),
-            frames=len(tif.pages), info=info,
+            pixels, "tiff", tiff_mode(pixels, raster), icc=page.tags.valueof(34675), raw_exif=None,
+            orientation=1 if georeferenced else page.tags.valueof(ORIENTATION, 1), dpi=_tiff_dpi(page),
+            frames=len(tif.pages), info=info, raster=raster,
         )
+
+
+def tiff_layout(page: tifffile.TiffPage, label: str = "image") -> tuple[RasterInfo | None, dict] | None:
+    """How a TIFF page decodes, from its tags alone (also used to stream it window by
+    window): None for what Pillow decodes (palette, bilevel, CMYK, YCbCr), else
+    (raster info or None for a photo, info for the DecodedImage). Raises
+    ImageDecodeError for what cannot be decoded faithfully."""
+    photometric = page.photometric
+    plain = photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
+    if not plain or page.bitspersample < 8:
+        if page.bitspersample <= 8:
+            return None
+        raise ImageDecodeError(
+            f"{label}: unsupported TIFF photometric {photometric.name} at {page.bitspersample} bits"
+        )
+    if page.dtype is None or page.dtype.name not in _TIFF_DTYPES:
+        raise ImageDecodeError(
+            f"{label}: unsupported sample type {page.dtype} in TIFF (supported: {', '.join(_TIFF_DTYPES)})"
+        )
+    samples = page.samplesperpixel
+    color = 3 if photometric == tifffile.PHOTOMETRIC.RGB else 1
+    if samples < color:
+        raise ImageDecodeError(f"{label}: RGB TIFF with {samples} samples per pixel")
+    geo = geo_mod.read_geo(page)
+    extras = tuple(int(e) for e in page.extrasamples) if page.extrasamples else ()
+    if geo is None and page.dtype.name in _DTYPES and samples - color in (0, 1):  # a photo
+        info = {}
+        if samples > color:  # keep associated / unassociated / unspecified for TIFF output
+            info["extrasample"] = extras[0] if extras else 0
+        return None, info
+    names = geo.colorinterp() if geo is not None else {}
+    alpha = None
+    for i, kind in enumerate(extras):
+        if kind in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA) and color + i < samples:
+            alpha = color + i
+            break
+    if alpha is None:
+        alpha = next((b for b, name in sorted(names.items()) if name.lower() == "alpha" and b < samples), None)
+    if not names and color == 3:
+        names = {0: "Red", 1: "Green", 2: "Blue"}
+    raster = RasterInfo(
+        kind="geotiff" if geo is not None and geo.georeferenced else "tiff",
+        bands=samples, nodata=geo.nodata if geo is not None else None, alpha=alpha, names=names, geo=geo,
+        photometric="rgb" if color == 3 else "minisblack", extrasamples=extras,
+    )
+    return raster, {}
+
+
+def tiff_mode(pixels: np.ndarray, raster: RasterInfo | None) -> str:
+    """Mode name: "RGB;16" for photos; rasters "L;16S" (one band), "RGB" (RGB
+    photometric), else "<bands>B" with the type suffix, e.g. "4B;16"."""
+    if raster is None:
+        return _mode_name(pixels)
+    bands = pixels.shape[2]
+    base = "L" if bands == 1 else "RGB" if raster.photometric == "rgb" and bands == 3 else f"{bands}B"
+    return base + _TYPE_SUFFIX[pixels.dtype.name]
 
 
 def _tiff_dpi(page: tifffile.TiffPage) -> tuple[float, float] | None:
@@ -311,7 +383,7 @@ def _tiff_dpi(page: tifffile.TiffPage) -> tuple[float, float] | None:
     return _dpi((x[0] / x[1] * per_inch, y[0] / y[1] * per_inch))
 
 
-def _finish(pixels, fmt, mode, *, icc, raw_exif, orientation, dpi, frames, info=None) -> DecodedImage:
+def _finish(pixels, fmt, mode, *, icc, raw_exif, orientation, dpi, frames, info=None, raster=None) -> DecodedImage:
     """Turn the pixels upright and gather the metadata worth carrying."""
     info = dict(info or {})
     transform = _ORIENT.get(orientation)
@@ -330,6 +402,7 @@ def _finish(pixels, fmt, mode, *, icc, raw_exif, orientation, dpi, frames, info=
         icc_profile=icc or None,
         exif=_upright_exif(raw_exif),
         info=info,
+        raster=raster,
     )
 
 
@@ -375,9 +448,12 @@ def _as_hwc(pixels: np.ndarray) -> np.ndarray:
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
+_TYPE_SUFFIX = {"uint8": "", "uint16": ";16", "int16": ";16S", "float32": ";32F"}
+
+
 def _mode_name(pixels: np.ndarray) -> str:
     base = ("L", "LA", "RGB", "RGBA")[pixels.shape[2] - 1]
-    return base + {"uint8": "", "uint16": ";16", "float32": ";32F"}[pixels.dtype.name]
+    return base + _TYPE_SUFFIX[pixels.dtype.name]
 
 
 # --------------------------------------------------------------------------- encoding
@@ -391,6 +467,7 @@ def encode_image(
     quality: int = 95,
     dpi_scale: float = 1.0,
     compress_level: int = 1,
+    derivation: dict | None = None,
 ) -> bytes:
     """Encode the upscaled pixels like the source: same dtype and channels, same metadata.
 
@@ -400,6 +477,10 @@ def encode_image(
     zlib's (0-9) for PNG and TIFF: 1 by default, as OpenCV does, because level 6 costs
     about four times the CPU for files some 10% smaller, and on a GPU machine the
     encoder, not the model, is what limits throughput.
+
+    Rasters are written as TIFF with their georeferencing rescaled to the output's
+    size (geo.py); DICOM as a derived instance, ``derivation`` giving
+    dicom.encode's keywords (description, uid_seed).
     """
     fmt = _canonical(fmt) if fmt else output_format(like.format, None)[0]
     pixels = np.asarray(pixels)
@@ -408,11 +489,28 @@ def encode_image(
             f"pixels are {pixels.shape} {pixels.dtype} but the source was "
             f"H x W x {like.pixels.shape[2]} {like.pixels.dtype}; the output must keep both"
         )
+    if like.format == "dicom" or fmt == "dicom":
+        if like.format != "dicom" or fmt != "dicom":
+            raise ImageEncodeError("DICOM is written only from DICOM input, and DICOM input only as DICOM")
+        from pipeline import dicom
+
+        try:
+            return dicom.encode(pixels, like, **(derivation or {}))
+        except ImageEncodeError:
+            raise
+        except Exception as exc:
+            raise ImageEncodeError(f"cannot write DICOM: {type(exc).__name__}: {exc}") from exc
+    if like.raster is not None and fmt != "tiff":
+        what = "georeferencing, nodata and GDAL metadata" if like.raster.geo is not None else \
+            f"{pixels.shape[2]} {pixels.dtype} bands"
+        raise ImageEncodeError(f"only TIFF keeps this raster's {what}; use --format tiff")
     _check_encodable(fmt, pixels)
     dpi = like.info.get("dpi")
     dpi = (dpi[0] * dpi_scale, dpi[1] * dpi_scale) if dpi else None
     cmyk = like.mode == "CMYK" and pixels.shape[2] == 3
     try:
+        if fmt == "tiff" and like.raster is not None:
+            return _encode_raster_tiff(pixels, like, dpi, compress_level)
         if fmt == "tiff":
             return _encode_tiff(pixels, like, dpi, cmyk, compress_level)
         if fmt == "png" and pixels.dtype == np.uint16:
@@ -432,8 +530,8 @@ def _check_encodable(fmt: str, pixels: np.ndarray) -> None:
     if fmt not in _EXTENSIONS:
         raise ImageEncodeError(f"unsupported output format {fmt!r}")
     if fmt == "tiff":
-        if dtype not in _DTYPES:
-            raise ImageEncodeError(f"TIFF output supports {', '.join(_DTYPES)}, not {dtype}")
+        if dtype not in _TIFF_DTYPES:
+            raise ImageEncodeError(f"TIFF output supports {', '.join(_TIFF_DTYPES)}, not {dtype}")
         return
     allowed = ("uint8", "uint16") if fmt == "png" else ("uint8",)
     if dtype not in allowed:
@@ -528,5 +626,46 @@ def _encode_tiff(pixels, like, dpi, cmyk, compress_level) -> bytes:
         resolution=dpi,
         resolutionunit="inch" if dpi else None,
         metadata=None,
+    )
+    return out.getvalue()
+
+
+def raster_tiff_options(like: DecodedImage, out_height: int, out_width: int) -> dict:
+    """tifffile.write keywords that make a raster's output look like its source: photometric,
+    extra samples, and the GeoTIFF/GDAL tags rescaled to the output size (also used by the
+    streaming writer)."""
+    raster = like.raster
+    bands = like.pixels.shape[2]
+    in_h, in_w = like.pixels.shape[:2]
+    color = 3 if raster.photometric == "rgb" and bands >= 3 else 1
+    extras = list(raster.extrasamples)
+    if len(extras) != bands - color:
+        extras = [tifffile.EXTRASAMPLE.UNASSALPHA if b == raster.alpha else tifffile.EXTRASAMPLE.UNSPECIFIED
+                  for b in range(color, bands)]
+    geo = raster.geo.scaled(out_width / in_w, out_height / in_h) if raster.geo is not None else None
+    return {
+        "photometric": "rgb" if color == 3 else "minisblack",
+        "planarconfig": "contig" if bands > 1 else None,
+        "extrasamples": extras or None,
+        "extratags": geo.extratags() if geo is not None else [],
+        "metadata": None,
+    }
+
+
+def _encode_raster_tiff(pixels, like, dpi, compress_level) -> bytes:
+    """Tiled (256 x 256, as GDAL writes) when the image is at least a tile in both
+    directions, zlib with a predictor, every band contiguous, tags from the source."""
+    h, w, bands = pixels.shape
+    out = io.BytesIO()
+    tifffile.imwrite(
+        out,
+        pixels[..., 0] if bands == 1 else pixels,
+        compression="zlib",
+        compressionargs={"level": compress_level},
+        predictor=True,
+        tile=(256, 256) if min(h, w) >= 256 else None,
+        resolution=dpi,
+        resolutionunit="inch" if dpi else None,
+        **raster_tiff_options(like, h, w),
     )
     return out.getvalue()

@@ -56,6 +56,22 @@ SCHEMA = pa.schema(
         ("ssim", pa.float64()),
         ("lpips", pa.float64()),
         ("metrics_note", pa.string()),
+        ("psnr_bands", pa.string()),  # JSON list, one PSNR per band (against --reference)
+        ("sam", pa.float64()),  # spectral angle, degrees (against --reference, 2+ bands)
+        # rasters (null for photos): strings are JSON where structured
+        ("crs", pa.string()),  # "EPSG:32618 (WGS 84 / UTM zone 18N)"
+        ("transform_in", pa.string()),  # GDAL geotransform [x0, dx, rx, y0, ry, dy]
+        ("transform_out", pa.string()),
+        ("nodata", pa.string()),
+        ("bands", pa.string()),  # count, band mode, model inputs, alpha, names
+        ("radiometric", pa.string()),  # scaling to the model's [0, 1]: mode, per-band [lo, hi]
+        ("stream_windows", pa.int32()),  # windows read when streamed, else null
+        ("dicom_sop_uid_in", pa.string()),
+        ("dicom_sop_uid_out", pa.string()),
+        ("dicom_series_uid_in", pa.string()),
+        ("dicom_series_uid_out", pa.string()),
+        ("pixel_spacing_in", pa.string()),  # DICOM [row, column] spacing, mm
+        ("pixel_spacing_out", pa.string()),
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("finished_at", pa.timestamp("us", tz="UTC")),
     ]
@@ -94,7 +110,9 @@ def read_manifest(fs, dst_root: str) -> pa.Table:
     files = [p for p in fs.find(root) if p.endswith(".parquet")] if fs.exists(root) else []
     if not files:
         return SCHEMA.empty_table()
-    dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive",
+    # The schema is given, not inferred from one file: parts written before a column
+    # existed read it as null.
+    dataset = ds.dataset(files, schema=SCHEMA, filesystem=fs, format="parquet", partitioning="hive",
                          partition_base_dir=root)
     table = dataset.to_table()
     return table.select([c for c in COLUMNS if c in table.column_names])

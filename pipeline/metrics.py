@@ -108,10 +108,18 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range=None, y_channel: bool = Fal
     return float(np.mean([_ssim_2d(a[..., c], b[..., c], data_range) for c in range(a.shape[2])]))
 
 
-def lr_psnr(output: np.ndarray, lr_input: np.ndarray) -> float:
+def lr_psnr(output: np.ndarray, lr_input: np.ndarray, *, valid: np.ndarray | None = None,
+            data_range: float | None = None, bands: list[int] | None = None) -> float:
     """No-reference consistency score: PSNR between the input and the output
     bicubically downscaled back to the input size. A faithful upscaler keeps
-    this high; one that invents or shifts content does not."""
+    this high; one that invents or shifts content does not.
+
+    Computed on the native values (no conversion to 8 bit): the peak is the
+    type's maximum (255, 65535), or `data_range` when given (e.g. 4095 for
+    12-bit DICOM, 65535 for int16); for float data, the input's range when it
+    exceeds [0, 1]. With `valid` (H x W of the input), only valid pixels count,
+    shrunk by the 2-pixel reach of the bicubic kernel so that no nodata output
+    pixel takes part; `bands` restricts the channels (e.g. no alpha band)."""
     output, lr_input = np.asarray(output), np.asarray(lr_input)
     if output.dtype != lr_input.dtype:
         raise ValueError(f"output dtype {output.dtype} differs from input dtype {lr_input.dtype}")
@@ -121,12 +129,73 @@ def lr_psnr(output: np.ndarray, lr_input: np.ndarray) -> float:
         lr_input = lr_input[..., None]
     if output.ndim != lr_input.ndim or output.shape[2:] != lr_input.shape[2:]:
         raise ValueError(f"channel mismatch: {output.shape} vs {lr_input.shape}")
-    down = imresize(output.astype(np.float64), output_size=lr_input.shape[:2])
-    ref = lr_input.astype(np.float64)
-    data_range = _dtype_range(lr_input.dtype)
-    if not np.issubdtype(lr_input.dtype, np.integer) and ref.max() > 1.0:
-        data_range = float(ref.max() - ref.min()) or 1.0
-    return psnr(down, ref, data_range=data_range)
+    if valid is None and bands is None:
+        down = imresize(output.astype(np.float64), output_size=lr_input.shape[:2])
+        ref = lr_input.astype(np.float64)
+        if data_range is None:
+            data_range = _dtype_range(lr_input.dtype)
+            if not np.issubdtype(lr_input.dtype, np.integer) and ref.max() > 1.0:
+                data_range = float(ref.max() - ref.min()) or 1.0
+        return psnr(down, ref, data_range=data_range)
+    whole = (slice(None), slice(None))
+    sse, count, lo, hi = lr_window_errors(output, lr_input, valid, whole, bands)
+    if not count:
+        return math.nan
+    if data_range is None:
+        data_range = _dtype_range(lr_input.dtype)
+        if not np.issubdtype(lr_input.dtype, np.integer) and hi > 1.0:
+            data_range = (hi - lo) or 1.0
+    mse = sse / count
+    return math.inf if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+
+
+def shrink_valid(valid: np.ndarray, reach: int = 2) -> np.ndarray:
+    """Valid pixels at least `reach` pixels from any invalid one (image borders do not count)."""
+    from scipy.ndimage import binary_erosion
+
+    return binary_erosion(valid, structure=np.ones((2 * reach + 1, 2 * reach + 1), bool), border_value=1)
+
+
+def lr_window_errors(output: np.ndarray, lr_input: np.ndarray, valid: np.ndarray | None, core,
+                     bands: list[int] | None = None) -> tuple[float, int, float, float]:
+    """(sum of squared errors, values compared, input min, input max) of `lr_psnr` over
+    the `core` (a pair of slices) of one window: the whole output window is downscaled,
+    so the core's values equal those of the whole image when the window's margin
+    exceeds the kernel's reach. Lets a streamed image's lr_psnr be summed window by window."""
+    output = output[..., None] if output.ndim == 2 else output
+    lr_input = lr_input[..., None] if lr_input.ndim == 2 else lr_input
+    if bands is not None and len(bands) < lr_input.shape[2]:
+        output, lr_input = output[..., bands], lr_input[..., bands]
+    # band by band: a quarter of the float64 temporaries of a 4-band window
+    down = np.stack([imresize(output[..., k].astype(np.float64), output_size=lr_input.shape[:2])[core]
+                     for k in range(output.shape[2])], axis=2)
+    ref = lr_input[core].astype(np.float64)
+    keep = np.isfinite(ref).all(axis=2) & np.isfinite(down).all(axis=2)
+    if valid is not None:
+        keep &= shrink_valid(valid)[core]
+    if not keep.any():
+        return 0.0, 0, math.inf, -math.inf
+    diff = down[keep] - ref[keep]
+    values = ref[keep]
+    return float(np.sum(diff * diff)), int(diff.size), float(values.min()), float(values.max())
+
+
+def psnr_bands(a: np.ndarray, b: np.ndarray, *, data_range: float, shave: int = 0,
+               valid: np.ndarray | None = None) -> list[float]:
+    """PSNR of each band (channel) separately, on valid pixels when a mask is given."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    a = a[..., None] if a.ndim == 2 else a
+    b = b[..., None] if b.ndim == 2 else b
+    keep = np.ones(a.shape[:2], bool) if valid is None else valid.copy()
+    if shave:
+        keep[:shave], keep[-shave:], keep[:, :shave], keep[:, -shave:] = False, False, False, False
+    out = []
+    for k in range(a.shape[2]):
+        mse = float(np.mean((a[..., k][keep] - b[..., k][keep]) ** 2)) if keep.any() else math.nan
+        out.append(math.inf if mse == 0 else float(10 * np.log10(data_range**2 / mse)))
+    return out
 
 
 def sam_degrees(a: np.ndarray, b: np.ndarray) -> float:

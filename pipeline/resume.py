@@ -33,6 +33,11 @@ def config_key(model_id: str, config) -> str:
         "precision": config.precision,
         "format": config.format,
     }
+    # Raster settings change outputs too; added only when not the default, so keys made
+    # before they existed stay valid.
+    for name, default in (("band_mode", "rgb+gray"), ("radiometric", "auto")):
+        if getattr(config, name, default) != default:
+            fields[name] = getattr(config, name)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -9,12 +9,23 @@ upscales a group of decoded images together so tiles of several images share
 a forward pass. `run_local` pipelines them: reads and writes run in threads
 while the main thread keeps the model busy. Any failure of one image becomes
 its `failed` row; the others go on.
+
+Rasters (GeoTIFF, multi-band, int16, DICOM) get a `raster.BandPlan` in
+`read_stage` (band mode, radiometric scaling, nodata mask and fill): the engine
+sees float planes in [0, 1], and `infer_stage` maps its outputs back. A TIFF
+over `stream_threshold` pixels is not decoded in `read_stage`: `infer_stage`
+streams it window by window (streaming.py) into a local temporary file, and
+`finish_stage` moves that to the destination. Everything a stage needs travels
+on the `ImageWork`, so the Ray actors, which call the same three stages, do
+the same.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import os
 import platform
 import posixpath
 import sys
@@ -26,7 +37,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline import __version__, imageio, manifest, metrics, storage
+from pipeline import __version__, imageio, manifest, metrics, raster, storage, streaming
 from pipeline import resume as plan_mod
 from pipeline.engine import Upscaler
 from pipeline.models import LoadedModel, load_model
@@ -59,6 +70,18 @@ class RunConfig:
     limit: int | None = None  # pilot runs: the first N images to do ...
     sample: int | None = None  # ... or a random N of them
     storage_options: dict = field(default_factory=dict, repr=False)
+    band_mode: str = "rgb+gray"  # rasters: "rgb+gray" | "each" (raster.py)
+    radiometric: str = "auto"  # rasters: "auto" | "minmax" | "dtype" (raster.py)
+    stream_threshold: int = streaming.DEFAULT_STREAM_THRESHOLD  # TIFFs above this many pixels stream; 0: never
+
+    def __post_init__(self):
+        if self.band_mode not in raster.BAND_MODES:
+            raise ValueError(f"band mode must be one of {', '.join(raster.BAND_MODES)}, not {self.band_mode!r}")
+        if self.radiometric not in raster.RADIOMETRIC_MODES:
+            raise ValueError(f"radiometric scaling must be one of {', '.join(raster.RADIOMETRIC_MODES)}, "
+                             f"not {self.radiometric!r}")
+        if self.stream_threshold is None or self.stream_threshold < 0:
+            raise ValueError(f"stream threshold must be a pixel count >= 0, not {self.stream_threshold!r}")
 
     def public(self) -> dict:
         """The configuration as recorded: storage options (credentials) left out."""
@@ -77,6 +100,11 @@ class ImageWork:
     started: float
     decoded: imageio.DecodedImage | None = None
     output: np.ndarray | None = None
+    plan: raster.BandPlan | None = None  # rasters: how bands reach the model
+    inputs: list | None = None  # rasters: the model inputs (float32 in [0, 1])
+    valid: np.ndarray | None = None  # rasters with nodata: H x W validity mask
+    stream: streaming.StreamJob | None = None  # large TIFFs: streamed in infer_stage
+    uid_seed: str = ""  # DICOM: derived UIDs are a function of the source UIDs and this
 
 
 def _now() -> dt.datetime:
@@ -85,7 +113,10 @@ def _now() -> dt.datetime:
 
 def _fail(work: ImageWork, error: BaseException) -> None:
     work.row.update(status="failed", error=str(error) or repr(error), error_type=type(error).__name__)
-    work.decoded = work.output = None
+    work.decoded = work.output = work.inputs = work.valid = None
+    if work.stream is not None:
+        work.stream.cleanup()
+        work.stream = None
 
 
 def base_row(config: RunConfig, run_id: str, model: LoadedModel, upscaler: Upscaler, worker: str,
@@ -108,16 +139,36 @@ def base_row(config: RunConfig, run_id: str, model: LoadedModel, upscaler: Upsca
 
 
 def read_stage(source: storage.Source, config: RunConfig, template: dict) -> ImageWork:
-    """Read and decode one image; failures are recorded, not raised."""
+    """Read and decode one image; failures are recorded, not raised. Rasters also get
+    their band plan and model inputs here (in the reader thread); a TIFF over the
+    stream threshold only has its header read."""
     work = ImageWork(source, dict(template, image_id=source.key, src_uri=source.uri,
                                   source_version=source.version, started_at=_now()), time.perf_counter())
+    work.uid_seed = template.get("config_key") or ""
     try:
         storage.safe_key(source.key)
+        if config.stream_threshold and streaming.may_stream(source.key):
+            job = streaming.probe(source.uri, config.storage_options, threshold=config.stream_threshold,
+                                  name=source.uri)
+            if job is not None:
+                job.band_mode, job.radiometric = config.band_mode, config.radiometric
+                job.compress_level = config.compress_level
+                job.local_dir = _local_output_dir(config, source.key)
+                work.stream = job
+                work.row.update(job.row_fields())
+                work.row["seconds_read"] = time.perf_counter() - work.started
+                return work
         data = storage.read_bytes(source.uri, config.storage_options)
         decoded = imageio.decode_image(data, name=source.uri, max_pixels=config.max_pixels)
+        del data
         h, w, c = decoded.pixels.shape
         work.row.update(width=w, height=h, channels=c, dtype=str(decoded.pixels.dtype),
                         src_format=decoded.format, src_mode=decoded.mode)
+        if decoded.raster is not None:
+            work.plan = raster.plan_for(decoded.pixels, decoded.raster, band_mode=config.band_mode,
+                                        radiometric=config.radiometric)
+            work.valid = work.plan.valid(decoded.pixels)
+            work.inputs = work.plan.inputs(decoded.pixels, work.valid)
         work.decoded = decoded
     except Exception as error:  # one bad file must not stop the run
         _fail(work, error)
@@ -125,15 +176,34 @@ def read_stage(source: storage.Source, config: RunConfig, template: dict) -> Ima
     return work
 
 
+def _local_output_dir(config: RunConfig, key: str) -> str | None:
+    """Where a streamed output is written first: the destination folder when the
+    destination is local (so a rename finishes it), else the temporary directory."""
+    fs, root = storage.open_location(config.dst, config.storage_options)
+    if "file" not in storage._protocols(fs):
+        return None
+    folder = posixpath.dirname(posixpath.join(root, storage.safe_key(key)))
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 def infer_stage(group: list[ImageWork], upscaler: Upscaler, scale: float | None) -> None:
     """Upscale a group together; if the group fails, retry one by one so only
-    the image at fault is marked failed."""
+    the image at fault is marked failed. Streamed images go window by window."""
+    for w in group:
+        if w.stream is not None:
+            _stream(w, upscaler, scale)
     live = [w for w in group if w.decoded is not None]
     if not live:
         return
     started = time.perf_counter()
     try:
-        outputs = upscaler.upscale([w.decoded.pixels for w in live], scale)
+        inputs, spans = [], []
+        for w in live:
+            ins = w.inputs if w.plan is not None else [w.decoded.pixels]
+            spans.append((len(inputs), len(ins)))
+            inputs.extend(ins)
+        outputs = upscaler.upscale(inputs, scale) if inputs else []
     except Exception:
         if len(live) == 1:
             _fail(live[0], sys.exc_info()[1])
@@ -142,43 +212,143 @@ def infer_stage(group: list[ImageWork], upscaler: Upscaler, scale: float | None)
         for w in live:
             infer_stage([w], upscaler, scale)
         return
+    for w, (start, count) in zip(live, spans):
+        try:
+            if w.plan is not None:
+                h, wd = w.decoded.pixels.shape[:2]
+                w.output = w.plan.restore(outputs[start : start + count], w.decoded.pixels, w.valid,
+                                          upscaler.output_size(h, wd, scale))
+                w.inputs = None
+            else:
+                w.output = outputs[start]
+        except Exception as error:
+            _fail(w, error)
     elapsed = time.perf_counter() - started
     total = sum(w.decoded.pixels.shape[0] * w.decoded.pixels.shape[1] for w in live)
-    for w, out in zip(live, outputs):
-        w.output = out
+    for w in live:
         share = w.decoded.pixels.shape[0] * w.decoded.pixels.shape[1] / total
         w.row["seconds_infer"] = elapsed * share
+
+
+def _stream(work: ImageWork, upscaler: Upscaler, scale: float | None) -> None:
+    started = time.perf_counter()
+    try:
+        streaming.run(work.stream, upscaler, scale)
+    except Exception as error:
+        _fail(work, error)
+    work.row["seconds_infer"] = time.perf_counter() - started
 
 
 def finish_stage(work: ImageWork, config: RunConfig, dst_fs, dst_root: str, reference=None) -> dict:
     """Encode, write atomically, score; returns the finished manifest row."""
     started = time.perf_counter()
     row = work.row
-    if work.output is not None:
+    if work.stream is not None:
+        _finish_stream(work, config, dst_fs, dst_root, started)
+    elif work.output is not None:
         try:
             decoded, out = work.decoded, work.output
             fmt, ext = imageio.output_format(decoded.format, config.format)
             dpi_scale = out.shape[1] / decoded.pixels.shape[1]
+            derivation = None
+            if decoded.format == "dicom":
+                derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": work.uid_seed}
             data = imageio.encode_image(out, decoded, fmt, quality=config.quality, dpi_scale=dpi_scale,
-                                        compress_level=config.compress_level)
+                                        compress_level=config.compress_level, derivation=derivation)
             path = posixpath.join(dst_root, storage.output_key(work.source.key, ext))
             storage.write_atomic(dst_fs, path, data)
             row.update(status="ok", dst_uri=storage.full_uri(dst_fs, path), out_format=fmt,
                        out_height=out.shape[0], out_width=out.shape[1])
             row["seconds_write"] = time.perf_counter() - started
-            row.update(score(decoded.pixels, out, work.source.key, config, reference))
+            row.update(raster_columns(decoded, work.plan, out.shape, work.uid_seed))
+            row.update(score(decoded.pixels, out, work.source.key, config, reference,
+                             plan=work.plan, valid=work.valid))
         except Exception as error:
             _fail(work, error)
     row["finished_at"] = _now()
     row["seconds_total"] = time.perf_counter() - work.started
-    work.decoded = work.output = None
+    work.decoded = work.output = work.valid = None
     return row
 
 
-def score(lr: np.ndarray, sr: np.ndarray, key: str, config: RunConfig, reference) -> dict:
-    """lr_psnr always; PSNR/SSIM (Y channel for RGB, shave = scale) and LPIPS
-    when a reference image exists. A metric problem is a note, not a failure."""
-    values: dict = {"lr_psnr": metrics.lr_psnr(sr, lr)}
+def _finish_stream(work: ImageWork, config: RunConfig, dst_fs, dst_root: str, started: float) -> None:
+    job, row = work.stream, work.row
+    try:
+        fmt, ext = imageio.output_format("tiff", config.format)
+        if fmt != "tiff":
+            raise imageio.ImageEncodeError(f"{work.source.uri} is {job.shape[1]} x {job.shape[0]} pixels and is "
+                                           f"streamed into a tiled TIFF; --format {fmt} is not possible for it")
+        path = posixpath.join(dst_root, storage.output_key(work.source.key, ext))
+        _move_into_place(dst_fs, path, job)
+        out_h, out_w, _ = job.out_shape
+        row.update(status="ok", dst_uri=storage.full_uri(dst_fs, path), out_format="tiff",
+                   out_height=out_h, out_width=out_w, stream_windows=job.windows, lr_psnr=job.lr_psnr)
+        row["seconds_write"] = time.perf_counter() - started
+        row.update(raster_columns(job.like, job.plan if job.like.raster is not None else None, job.out_shape, ""))
+        if config.reference:
+            row["metrics_note"] = "reference metrics are not computed for streamed images"
+    except Exception as error:
+        _fail(work, error)
+    finally:
+        if work.stream is not None:
+            work.stream.cleanup()
+        work.stream = None
+
+
+def _move_into_place(dst_fs, path: str, job: streaming.StreamJob) -> None:
+    """The streamed file under its final name, appearing only when complete: a rename
+    on a local destination, one upload (a PUT or multipart upload) otherwise."""
+    if "file" in storage._protocols(dst_fs) and job.local_dir is not None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(job.tmp_path, path)
+        job.tmp_path = None
+        return
+    storage.with_retries(lambda: dst_fs.put_file(job.tmp_path, path), f"writing {path}")
+
+
+def _derivation_text(row: dict, out: np.ndarray, decoded: imageio.DecodedImage) -> str:
+    factor = out.shape[1] / decoded.pixels.shape[1]
+    return (f"Super-resolution x{factor:g} by upscaler {__version__}, model {row.get('model')} "
+            f"(sha256 {str(row.get('model_sha256') or 'none')[:16]}); in-plane pixel spacing divided by {factor:g}")
+
+
+def raster_columns(decoded: imageio.DecodedImage, plan: raster.BandPlan | None, out_shape: tuple,
+                   uid_seed: str) -> dict:
+    """Manifest columns of a raster (null for photos): CRS, geotransforms, nodata, bands,
+    radiometric scaling; for DICOM the UIDs and spacings (and nothing about the patient)."""
+    info = decoded.raster
+    if info is None:
+        return {}
+    from pipeline import geo
+
+    columns = {"nodata": geo.nodata_text(info.nodata)}
+    if plan is not None:
+        columns.update(bands=plan.bands_json(), radiometric=plan.radiometric_json())
+    if info.geo is not None:
+        in_h, in_w = decoded.pixels.shape[:2]
+        out_h, out_w = out_shape[:2]
+        columns.update(crs=info.geo.crs(), transform_in=geo.describe_transform(info.geo),
+                       transform_out=geo.describe_transform(info.geo.scaled(out_w / in_w, out_h / in_h)))
+    if decoded.format == "dicom":
+        from pipeline import dicom
+
+        columns.update(dicom.describe(decoded, out_shape, uid_seed))
+    return columns
+
+
+def score(lr: np.ndarray, sr: np.ndarray, key: str, config: RunConfig, reference, *,
+          plan: raster.BandPlan | None = None, valid: np.ndarray | None = None) -> dict:
+    """lr_psnr always (native bit depth; rasters: valid pixels and data bands only);
+    with a reference image PSNR/SSIM (Y channel for RGB photos, all data bands for
+    rasters, shave = scale), per-band PSNR, SAM (degrees, two bands or more) and LPIPS
+    (photos). A metric problem is a note, not a failure."""
+    is_raster = plan is not None and plan.alpha_resample == "nearest"
+    if is_raster:
+        peak = plan.psnr_peak()
+        value = metrics.lr_psnr(sr, lr, valid=valid, data_range=peak, bands=plan.data_bands)
+        values: dict = {"lr_psnr": None if math.isnan(value) else value}  # NaN: no valid pixel
+    else:
+        values = {"lr_psnr": metrics.lr_psnr(sr, lr)}
     if reference is None:
         return values
     notes = []
@@ -187,19 +357,58 @@ def score(lr: np.ndarray, sr: np.ndarray, key: str, config: RunConfig, reference
         if hr is None:
             return {**values, "metrics_note": "no reference image found"}
         shave = math.ceil(sr.shape[1] / lr.shape[1])
-        y = sr.shape[2] in (3, 4)
-        a, b = (sr[..., :3], hr[..., :3]) if y else (sr, hr)
-        values["psnr"] = metrics.psnr(a, b, y_channel=y, shave=shave)
-        values["ssim"] = metrics.ssim(a, b, y_channel=y, shave=shave)
-        value, reason = metrics.lpips_value(a, b)
-        values["lpips"] = value
-        if reason:
-            notes.append(f"lpips: {reason}")
+        if is_raster:
+            bands = plan.data_bands
+            a, b = sr[..., bands], hr[..., bands]
+            keep = None
+            if valid is not None:
+                keep = valid[raster.nearest_rows(lr.shape[0], sr.shape[0])][:, raster.nearest_rows(lr.shape[1], sr.shape[1])]
+            per_band = metrics.psnr_bands(a, b, data_range=peak, shave=shave, valid=keep)
+            values["psnr_bands"] = json.dumps(per_band)
+            values["psnr"] = _psnr_all(a, b, peak, shave, keep)
+            if keep is None and min(a.shape[:2]) - 2 * shave >= 11:
+                values["ssim"] = metrics.ssim(a.astype(np.float64), b.astype(np.float64), data_range=peak,
+                                              shave=shave)
+            if len(bands) >= 2:
+                values["sam"] = _sam(a, b, shave, keep)
+            notes.append("lpips: not computed for rasters")
+        else:
+            y = sr.shape[2] in (3, 4)
+            a, b = (sr[..., :3], hr[..., :3]) if y else (sr, hr)
+            values["psnr"] = metrics.psnr(a, b, y_channel=y, shave=shave)
+            values["ssim"] = metrics.ssim(a, b, y_channel=y, shave=shave)
+            peak = float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else 1.0
+            values["psnr_bands"] = json.dumps(metrics.psnr_bands(a, b, data_range=peak, shave=shave))
+            if a.shape[2] >= 2:
+                values["sam"] = _sam(a, b, shave, None)
+            value, reason = metrics.lpips_value(a, b)
+            values["lpips"] = value
+            if reason:
+                notes.append(f"lpips: {reason}")
     except Exception as error:
         notes.append(f"reference metrics failed: {error}")
     if notes:
         values["metrics_note"] = "; ".join(notes)
     return values
+
+
+def _crop_mask(shape, shave: int, keep):
+    mask = np.ones(shape[:2], bool) if keep is None else keep.copy()
+    if shave:
+        mask[:shave], mask[-shave:], mask[:, :shave], mask[:, -shave:] = False, False, False, False
+    return mask
+
+
+def _psnr_all(a, b, peak, shave, keep) -> float:
+    mask = _crop_mask(a.shape, shave, keep)
+    diff = a[mask].astype(np.float64) - b[mask].astype(np.float64)
+    mse = float(np.mean(diff * diff)) if diff.size else math.nan
+    return math.inf if mse == 0 else float(10 * np.log10(peak**2 / mse))
+
+
+def _sam(a, b, shave, keep) -> float:
+    mask = _crop_mask(a.shape, shave, keep)
+    return metrics.sam_degrees(a[mask][:, None, :], b[mask][:, None, :])
 
 
 class Reference:
@@ -274,6 +483,7 @@ class RowSink:
         self.parts = 0
         self.counts = {"ok": 0, "failed": 0}
         self.megapixels = [0.0, 0.0]
+        self.device_seconds = 0.0
         self.failures: list[dict] = []
         self.bar = _progress_bar(progress)
 
@@ -282,6 +492,7 @@ class RowSink:
         self.counts["ok" if row["status"] == "ok" else "failed"] += 1
         self.megapixels[0] += (row.get("width") or 0) * (row.get("height") or 0) / 1e6
         self.megapixels[1] += (row.get("out_width") or 0) * (row.get("out_height") or 0) / 1e6
+        self.device_seconds += row.get("seconds_infer") or 0.0
         if row["status"] != "ok" and len(self.failures) < 20:
             self.failures.append({"image_id": row["image_id"], "error_type": row["error_type"], "error": row["error"]})
         self.bar(row, self.counts["failed"])
@@ -349,6 +560,7 @@ def finish_run(p: Prepared, sink: RowSink, *, executor: str, engine: dict, extra
         "seconds": (finished_at - p.started_at).total_seconds(),
         "megapixels_in": round(sink.megapixels[0], 6),
         "megapixels_out": round(sink.megapixels[1], 6),
+        "device_seconds": round(sink.device_seconds, 3),
         "manifest": storage.full_uri(p.dst_fs, manifest.manifest_dir(p.dst_root)),
         "failures": sink.failures,
     }

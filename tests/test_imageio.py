@@ -332,17 +332,22 @@ def test_float_tiff_mode_names_the_sample_type():
     assert decode_image(tiff_file(random_pixels(2, 3, 1, np.float32)[..., 0])).mode == "L;32F"
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.float64, np.uint32])
-def test_tiff_with_unsupported_sample_type_is_rejected(dtype):
+@pytest.mark.parametrize("dtype", [np.int32, np.float64, np.uint32])
+def test_tiff_with_unsupported_sample_type_is_rejected(dtype):  # int16 is a raster: tests/test_geo.py
     with pytest.raises(ImageDecodeError, match=r"dem\.tif: unsupported sample type"):
         decode_image(tiff_file(np.zeros((4, 4), dtype)), name="dem.tif")
 
 
 @pytest.mark.parametrize("photometric, samples", [("rgb", 5), ("minisblack", 3)])
-def test_tiff_with_more_than_one_extra_sample_is_rejected(photometric, samples):
-    data = tiff_file(np.zeros((4, 4, samples), np.uint8), photometric=photometric, planarconfig="contig")
-    with pytest.raises(ImageDecodeError, match=rf"multi\.tif: TIFF with {samples} samples"):
-        decode_image(data, name="multi.tif")
+def test_tiff_with_more_than_one_extra_sample_decodes_as_a_multi_band_raster(photometric, samples):
+    pixels = random_pixels(4, 5, samples, np.uint8)
+    data = tiff_file(pixels, photometric=photometric, planarconfig="contig")
+    decoded = decode_image(data, name="multi.tif")
+    assert decoded.raster is not None and decoded.raster.bands == samples
+    np.testing.assert_array_equal(decoded.pixels, pixels)
+    with tifffile.TiffFile(io.BytesIO(encode_image(decoded.pixels, decoded))) as tif:
+        np.testing.assert_array_equal(tif.asarray(), pixels)
+        assert tif.pages[0].photometric.name == photometric.upper()
 
 
 def test_palette_and_bilevel_tiffs_decode_through_pillow():

@@ -102,4 +102,6 @@ def test_runs_lists_every_run_with_counts_and_cost(archive, tmp_path, capsys):
     assert (runs[0]["ok"], runs[0]["failed"]) == (4, 1) or (runs[1]["ok"], runs[1]["failed"]) == (4, 1)
     first = next(r for r in runs if r["ok"] == 4)
     assert first["device_seconds"] > 0 and first["cost"] == pytest.approx(first["device_seconds"] / 3600 * 2, abs=1e-6)
+    code, third = cli(capsys, *run, "--force", "--gpu-hour-price", "2")  # the run's own summary has its actual cost
+    assert third["cost"] == pytest.approx(third["device_seconds"] / 3600 * 2, abs=1e-6) and third["device_seconds"] > 0
     assert first["megapixels_out"] == pytest.approx(4 * 0.08)

@@ -1,0 +1,384 @@
+"""Gigapixel TIFFs, window by window: memory bound by the window and the model, not the image.
+
+A TIFF (tiled or stripped; GeoTIFF or photo) with more than ``--stream-threshold``
+pixels (default 4096 x 4096) is never decoded whole. `probe` reads its header only; `run`
+then
+
+1. takes the band statistics in one pass over the file's segments when the radiometric
+   scaling needs them (``minmax``; see raster.py), decoding one strip or tile at a time;
+2. walks the output in rows of TIFF tiles of about 1024 x 1024 pixels; each window is
+   one tile high and a tile or two wide (about 512 input pixels), read from the input
+   with a margin of half the model's overlap on every side (`WindowReader`: the strips or
+   tiles it needs, decoded once and kept in an LRU cache of fixed size);
+3. upscales the window with the same engine and the same `BandPlan` as the in-memory
+   path: inside the window the engine tiles and blends with tiling.py's window as
+   always; the window's margin is then cropped. The margin is half the overlap the
+   tiling uses (at least 8 pixels, times the number of model passes); tiled output
+   equals whole-image output when a quarter of the overlap covers the receptive field
+   (tiling.py), so a margin of twice that leaves the core equal to whole-image output
+   too (tested against the in-memory path);
+4. yields the window's output tiles, in order, to tifffile, which compresses and writes
+   them to a tiled TIFF (BigTIFF when the raw output exceeds 2 GiB) in a local temporary
+   file: in the destination folder when that is local (then renamed over the final name),
+   otherwise in the temporary directory (then uploaded in one PUT / multipart upload).
+
+Peak memory is the window (input, model inputs, engine activations and stitcher at the
+output resolution), the segment cache (`CACHE_BYTES`) and tifffile's write buffer,
+whatever the image size. `lr_psnr` is accumulated window by window (the window output
+downscaled, compared with the window's core), so it is the same figure as for an
+in-memory image. Reference metrics (PSNR/SSIM against --reference) are not computed
+for streamed images: the reference would be gigapixel too.
+
+Limits: integer scales only (an output tile must start on an input pixel); TIFF
+output only; no Cloud-Optimized GeoTIFF conversion (no overviews are written:
+``gdaladdo`` or ``gdal_translate -of COG`` can add them afterwards).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import tifffile
+
+from pipeline import imageio, raster, storage
+
+DEFAULT_STREAM_THRESHOLD = 4096 * 4096
+OUTPUT_TILE = 1024  # about this many output pixels per TIFF tile side
+WINDOW_INPUT = 512  # about this many input pixels per window width
+CACHE_BYTES = 64 << 20  # decoded input segments kept for neighbouring windows
+BIGTIFF_BYTES = 2 << 30  # raw output size from which BigTIFF is written
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def may_stream(key: str) -> bool:
+    return key.lower().endswith(TIFF_SUFFIXES)
+
+
+@dataclass
+class StreamJob:
+    """A large TIFF to stream: its header, the options, and (after `run`) the result."""
+
+    uri: str
+    storage_options: dict = field(repr=False)
+    name: str
+    like: imageio.DecodedImage  # header-only: pixels is a zero-strided view of the right shape
+    band_mode: str = "rgb+gray"
+    radiometric: str = "auto"
+    compress_level: int = 1
+    local_dir: str | None = None  # where the temporary output goes (the destination folder when local)
+    # results
+    tmp_path: str | None = None
+    out_shape: tuple | None = None
+    plan: raster.BandPlan | None = None
+    windows: int = 0
+    segments_decoded: int = 0
+    lr_psnr: float | None = None
+    seconds_stats: float = 0.0
+
+    @property
+    def shape(self) -> tuple:
+        return self.like.pixels.shape
+
+    def row_fields(self) -> dict:
+        h, w, c = self.shape
+        return {"width": w, "height": h, "channels": c, "dtype": str(self.like.pixels.dtype),
+                "src_format": "tiff", "src_mode": self.like.mode}
+
+    def cleanup(self) -> None:
+        if self.tmp_path and os.path.exists(self.tmp_path):
+            os.unlink(self.tmp_path)
+        self.tmp_path = None
+
+
+def _open(uri: str, storage_options: dict):
+    import fsspec
+
+    return fsspec.open(uri, "rb", **(storage_options or {})).open()
+
+
+def probe(uri: str, storage_options: dict, *, threshold: int, name: str = "") -> StreamJob | None:
+    """A StreamJob when the TIFF at `uri` has more than `threshold` pixels and a layout that
+    can be read window by window; None otherwise (the image is then decoded in memory)."""
+    if not threshold:
+        return None
+
+    def read_header():
+        with _open(uri, storage_options) as fh:
+            head = fh.read(4)
+            if head not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                return None
+            fh.seek(0)
+            try:
+                return _header(fh)
+            except Exception:  # not ours to report: the in-memory decoder names the problem
+                return None
+
+    def _header(fh):
+        with tifffile.TiffFile(fh) as tif:
+            page = tif.pages[0]
+            if page.imagewidth * page.imagelength <= threshold:
+                return None
+            if page.is_subsampled or page.imagedepth > 1 or page.dtype is None:
+                return None
+            layout = imageio.tiff_layout(page, name or uri)
+            if layout is None:
+                return None  # palette / CMYK / bilevel: Pillow decodes those in memory
+            info_raster, info = layout
+            georeferenced = info_raster is not None and info_raster.geo is not None \
+                and info_raster.geo.georeferenced
+            if not georeferenced and page.tags.valueof(imageio.ORIENTATION, 1) != 1:
+                return None
+            bands = page.samplesperpixel
+            shape = (page.imagelength, page.imagewidth, bands)
+            dtype = page.dtype.newbyteorder("=")  # native, as decoded
+            pixels = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0, 0, 0))
+            mode = imageio.tiff_mode(pixels, info_raster)
+            info = dict(info, frames=len(tif.pages))
+            dpi = imageio._tiff_dpi(page)
+            if dpi:
+                info["dpi"] = dpi
+            return imageio.DecodedImage(pixels=pixels, format="tiff", mode=mode, info=info,
+                                        icc_profile=page.tags.valueof(34675) or None, raster=info_raster)
+
+    like = storage.with_retries(read_header, f"reading the header of {uri}")
+    if like is None:
+        return None
+    return StreamJob(uri=uri, storage_options=storage_options, name=name or uri, like=like)
+
+
+class WindowReader:
+    """Reads [y0:y1, x0:x1] of a tiled or stripped TIFF page as H x W x bands, decoding
+    only the segments (tiles or strips) it needs, with an LRU cache of decoded segments."""
+
+    def __init__(self, page: tifffile.TiffPage, cache_bytes: int = CACHE_BYTES, fill: float = 0):
+        self.page = page
+        self.fh = page.parent.filehandle
+        self.height, self.width, self.bands = page.imagelength, page.imagewidth, page.samplesperpixel
+        self.separate = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and self.bands > 1
+        if page.is_tiled:
+            self.seg_h, self.seg_w = page.tilelength, page.tilewidth
+        else:
+            self.seg_h, self.seg_w = min(page.rowsperstrip, self.height), self.width
+        self.across = math.ceil(self.width / self.seg_w)
+        self.down = math.ceil(self.height / self.seg_h)
+        self.per_plane = self.across * self.down
+        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.cache_bytes, self.cached = cache_bytes, 0
+        self.decoded = 0  # segments decoded (cache misses)
+        self.fill = fill
+        self.dtype = page.dtype
+
+    def segment_origin(self, index: int) -> tuple[int, int, int]:
+        """(plane, y0, x0) of a segment."""
+        plane, rest = divmod(index, self.per_plane)
+        row, col = divmod(rest, self.across)
+        return plane, row * self.seg_h, col * self.seg_w
+
+    def decode(self, index: int) -> np.ndarray:
+        """One segment, cropped to the image: h x w x (bands, or 1 when planes are separate)."""
+        page = self.page
+        count = page.databytecounts[index]
+        plane, y0, x0 = self.segment_origin(index)
+        h, w = min(self.seg_h, self.height - y0), min(self.seg_w, self.width - x0)
+        contig = 1 if self.separate else self.bands
+        self.decoded += 1
+        if not count:  # sparse file: a missing segment is the fill value
+            return np.full((h, w, contig), self.fill, dtype=self.dtype)
+        with self.fh.lock:
+            self.fh.seek(page.dataoffsets[index])
+            data = self.fh.read(count)
+        segment, _index, shape = page.decode(data, index, jpegtables=page.jpegtables)
+        segment = segment.reshape(shape)[0]
+        return segment[:h, :w]
+
+    def _segment(self, index: int) -> np.ndarray:
+        if index in self.cache:
+            self.cache.move_to_end(index)
+            return self.cache[index]
+        segment = self.decode(index)
+        self.cache[index] = segment
+        self.cached += segment.nbytes
+        while self.cached > self.cache_bytes and len(self.cache) > 1:
+            _key, old = self.cache.popitem(last=False)
+            self.cached -= old.nbytes
+        return segment
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        out = np.empty((y1 - y0, x1 - x0, self.bands), dtype=self.dtype.newbyteorder("="))
+        planes = range(self.bands) if self.separate else (0,)
+        for row in range(y0 // self.seg_h, (y1 - 1) // self.seg_h + 1):
+            for col in range(x0 // self.seg_w, (x1 - 1) // self.seg_w + 1):
+                sy, sx = row * self.seg_h, col * self.seg_w
+                ya, yb = max(y0, sy), min(y1, sy + self.seg_h)
+                xa, xb = max(x0, sx), min(x1, sx + self.seg_w)
+                for plane in planes:
+                    segment = self._segment(plane * self.per_plane + row * self.across + col)
+                    target = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
+                    source = segment[ya - sy : yb - sy, xa - sx : xb - sx]
+                    if self.separate:
+                        target[..., plane] = source[..., 0]
+                    else:
+                        target[...] = source
+        return out
+
+    def statistics(self, stats: raster.BandStats) -> raster.BandStats:
+        """One pass over every segment (uncached) into `stats`."""
+        for index in range(len(self.page.dataoffsets)):
+            plane = self.segment_origin(index)[0]
+            stats.update(self.decode(index), band_offset=plane if self.separate else 0)
+        return stats
+
+
+def window_grid(height: int, width: int, scale: int) -> tuple[int, int]:
+    """(input rows per window = output tile / scale, input columns per window)."""
+    tile_in = max(16, (OUTPUT_TILE // scale) // 16 * 16)
+    per_row = max(1, WINDOW_INPUT // tile_in)
+    return tile_in, tile_in * per_row
+
+
+def run(job: StreamJob, upscaler, scale: float | None) -> StreamJob:
+    """Stream the job's image through `upscaler` into a tiled TIFF at job.tmp_path."""
+    target = float(upscaler.model.scale if scale is None else scale)
+    if not target.is_integer() or target < 1:
+        raise ValueError(f"streaming a large image needs an integer scale, not {target:g}")
+    s = int(target)
+    h, w, bands = job.shape
+    dtype = job.like.pixels.dtype
+    info = job.like.raster
+    with _open(job.uri, job.storage_options) as fh, tifffile.TiffFile(fh) as tif:
+        page = tif.pages[0]
+        fill = info.nodata if info is not None and info.nodata is not None and not math.isnan(info.nodata) else 0
+        reader = WindowReader(page, cache_bytes=CACHE_BYTES, fill=fill)
+        nodata = info.nodata if info is not None else None
+        value_map = info.value_map if info is not None else None
+        stats = raster.BandStats(bands, nodata, value_map)
+        plan = raster.make_plan(info, dtype, bands, stats, band_mode=job.band_mode, radiometric=job.radiometric)
+        if plan.radiometric == "minmax":
+            started = time.perf_counter()
+            reader.statistics(stats)
+            job.seconds_stats = time.perf_counter() - started
+            plan = raster.make_plan(info, dtype, bands, stats, band_mode=job.band_mode, radiometric=job.radiometric)
+        job.plan = plan
+        out_h, out_w = h * s, w * s
+        tile_in, window_w = window_grid(h, w, s)
+        tile_out = tile_in * s
+        passes = 1 if upscaler.interpolation else max(1, math.ceil(math.log(s, upscaler.model.scale) - 1e-9))
+        margin = max(8, math.ceil(upscaler.overlap / 2)) * passes
+        score = _LrScore(plan)
+
+        def tiles():
+            for cy0 in range(0, h, tile_in):
+                cy1 = min(h, cy0 + tile_in)
+                for cx0 in range(0, w, window_w):
+                    cx1 = min(w, cx0 + window_w)
+                    wy0, wy1 = max(0, cy0 - margin), min(h, cy1 + margin)
+                    wx0, wx1 = max(0, cx0 - margin), min(w, cx1 + margin)
+                    pixels = reader.read(wy0, wy1, wx0, wx1)
+                    valid = plan.valid(pixels)
+                    inputs = plan.inputs(pixels, valid)
+                    outputs = upscaler.upscale(inputs, s) if inputs else []
+                    out = plan.restore(outputs, pixels, valid, ((wy1 - wy0) * s, (wx1 - wx0) * s))
+                    del inputs, outputs
+                    core = (slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))
+                    score.add(out, pixels, valid, core)
+                    out = out[(cy0 - wy0) * s : (cy1 - wy0) * s, (cx0 - wx0) * s : (cx1 - wx0) * s]
+                    job.windows += 1
+                    _release_freed_memory()
+                    for tx in range(0, out.shape[1], tile_out):
+                        tile = out[:, tx : tx + tile_out]
+                        yield tile[..., 0] if bands == 1 else tile
+
+        options = _tiff_options(job.like, out_h, out_w)
+        bigtiff = out_h * out_w * bands * dtype.itemsize > BIGTIFF_BYTES
+        fd, tmp = tempfile.mkstemp(dir=job.local_dir, prefix=".upscaler-stream-", suffix=".tif.tmp")
+        os.close(fd)
+        job.tmp_path = tmp
+        try:
+            with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
+                writer.write(
+                    tiles(), shape=(out_h, out_w) if bands == 1 else (out_h, out_w, bands), dtype=dtype,
+                    tile=(tile_out, tile_out), compression="zlib",
+                    compressionargs={"level": job.compress_level}, predictor=True, **options,
+                )
+        except BaseException:
+            job.cleanup()
+            raise
+        job.segments_decoded = reader.decoded
+        job.out_shape = (out_h, out_w, bands)
+        job.lr_psnr = score.value()
+    return job
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap memory back to the OS after each window (glibc keeps it, and with
+    several threads allocating, fragments it: without this the RSS creeps up window by
+    window although nothing is held)."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
+def _tiff_options(like: imageio.DecodedImage, out_h: int, out_w: int) -> dict:
+    if like.raster is not None:
+        return imageio.raster_tiff_options(like, out_h, out_w)
+    bands = like.pixels.shape[2]
+    options = {"photometric": "rgb" if bands >= 3 else "minisblack", "metadata": None,
+               "planarconfig": "contig" if bands > 1 else None}
+    if bands in (2, 4):
+        options["extrasamples"] = [like.info.get("extrasample", tifffile.EXTRASAMPLE.UNASSALPHA)]
+    dpi = like.info.get("dpi")
+    if dpi:
+        options.update(resolution=(dpi[0] * out_w / like.pixels.shape[1], dpi[1] * out_h / like.pixels.shape[0]),
+                       resolutionunit="inch")
+    if like.icc_profile and like.icc_profile[16:20] == (b"GRAY" if bands <= 2 else b"RGB "):
+        options["iccprofile"] = like.icc_profile
+    return options
+
+
+class _LrScore:
+    """lr_psnr accumulated over windows: each window's output (margins included, so the
+    core sees the same neighbours as in the whole image) downscaled with MATLAB bicubic,
+    compared with the window's core on valid pixels, in the native bit depth."""
+
+    def __init__(self, plan: raster.BandPlan):
+        self.plan = plan
+        if plan.alpha_resample == "nearest":  # rasters: data bands, the plan's native peak
+            self.bands, self.peak = plan.data_bands, plan.psnr_peak()
+        else:  # photos: all channels, the type's maximum or the data range, as metrics.lr_psnr
+            self.bands = None
+            self.peak = float(np.iinfo(plan.dtype).max) if np.issubdtype(plan.dtype, np.integer) else None
+        self.sse, self.count = 0.0, 0
+        self.lo, self.hi = math.inf, -math.inf
+
+    def add(self, out: np.ndarray, pixels: np.ndarray, valid: np.ndarray | None, core) -> None:
+        from pipeline.metrics import lr_window_errors
+
+        sse, count, lo, hi = lr_window_errors(out, pixels, valid, core, self.bands)
+        self.sse += sse
+        self.count += count
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+
+    def value(self) -> float | None:
+        if not self.count:
+            return None
+        peak = self.peak
+        if peak is None:  # float data: its range when beyond 1, as metrics.lr_psnr does
+            peak = ((self.hi - self.lo) or 1.0) if self.hi > 1.0 else 1.0
+        mse = self.sse / self.count
+        return math.inf if mse == 0 else float(10 * np.log10(peak**2 / mse))
