@@ -161,8 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_model(scale: float | None) -> str:
+    """The bundled model trained for this scale, else the project-wide default."""
+    from pipeline.models import NAMED_MODELS
     from pipeline.runner import DEFAULT_MODEL
 
+    for name, named in NAMED_MODELS.items():
+        if named.weights and scale is not None and named.scale == scale:
+            return name
     return DEFAULT_MODEL
 
 

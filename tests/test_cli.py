@@ -195,3 +195,12 @@ def test_demo_writes_samples_in_every_claimed_layout_and_upscales_them_all(tmp_p
     deep = imageio.decode_image((tmp_path / "upscaled" / "16bit" / "rocket.tif").read_bytes())
     gray = imageio.decode_image((tmp_path / "upscaled" / "gray" / "camera.png").read_bytes())
     assert alpha.pixels.shape[2] == 4 and deep.pixels.dtype == np.uint16 and gray.pixels.shape[2] == 1
+
+
+def test_the_bundled_x2_model_is_the_default_at_scale_two(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one.png").write_bytes(png(gradient(12, 10)))
+    assert run_cli("run", src, tmp_path / "dst", "--scale", "2") == EXIT_OK
+    (row,) = pq.read_table(tmp_path / "dst" / "_manifest").to_pylist()
+    assert row["model"] == "edsr-x2" and (row["out_width"], row["out_height"]) == (20, 24)

@@ -41,6 +41,10 @@ class NamedModel:
 NAMED_MODELS: dict[str, NamedModel] = {
     "bicubic": NamedModel("bicubic", description="MATLAB-compatible bicubic interpolation"),
     "lanczos": NamedModel("lanczos", description="Lanczos-3 interpolation"),
+    # Trained by this project (pipeline/train, configs/edsr-x2.toml); card: models/cards/edsr-x2.md
+    "edsr-x2": NamedModel("EDSR", scale=2, weights="edsr-x2.safetensors", params=605_379,
+                          description="EDSR 48 features x 12 blocks, trained on Kodak + Urban100 img_021-060; "
+                                      "Set5 x2 36.86 dB PSNR-Y"),
 }
 
 

@@ -101,7 +101,7 @@ class Trainer:
         self.fs, self.root = storage.open_location(cfg.train.out, cfg.data.storage_options)
 
         self.net, self.arch_name, self.model_config = build_model(cfg.model.arch, cfg.model.scale, cfg.model.options)
-        if cfg.model.init_from:
+        if cfg.model.init_from and not self.checkpoints():  # a resumed run has its own weights
             copied, skipped = init_from(self.net, cfg.model.init_from, cfg.data.storage_options)
             if self.is_main:
                 self.log(f"init_from {cfg.model.init_from}: {len(copied)} tensors copied, new: {skipped}")
