@@ -137,28 +137,19 @@ class Estimate:
 def estimate(config, *, gpu_hour_price: float | None = None, include_quarantined: bool = False) -> Estimate:
     """Plan a run without running it: counts from the listing and earlier
     manifests, megapixels from image headers, device-seconds from calibration."""
-    from pipeline import resume as plan_mod
-    from pipeline import storage
-    from pipeline.engine import pick_device
-    from pipeline.models import load_model
+    import dataclasses
 
-    model = load_model(config.model, scale=max(1, round(config.scale)) if config.scale else 4,
-                       storage_options=config.storage_options)
-    key = plan_mod.config_key(model.sha256 or model.name, config)
-    dst_fs, dst_root = storage.open_location(config.dst, config.storage_options)
-    dst_fs.invalidate_cache()
-    prior = plan_mod.PriorIndex({}) if config.force else plan_mod.PriorIndex.load(dst_fs, dst_root, key)
-    if config.from_list:
-        listing = plan_mod.sources_from_list(config.from_list, config.src, config.storage_options)
-    else:
-        listing = storage.list_sources(config.src, include=config.include, exclude=config.exclude,
-                                       storage_options=config.storage_options)
-    counts = plan_mod.Plan()
+    from pipeline.engine import pick_device
+    from pipeline.runner import prepare
+
+    if include_quarantined:
+        config = dataclasses.replace(config, include_quarantined=True)
+    p = prepare(config)  # the same listing and resume filter as a run
+    model, counts = p.model, p.plan
     scale = float(config.scale or model.scale)
     mpx_in = mpx_out = 0.0
     unknown = 0
-    for source in plan_mod.to_do(listing, prior, dst_fs, config.force, counts,
-                                 include_quarantined=include_quarantined):
+    for source in p.sources:
         size = image_size(source.uri, config.storage_options)
         if size is None:
             unknown += 1
