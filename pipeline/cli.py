@@ -70,6 +70,8 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--include", action="append", default=[], help="glob on the relative key (repeatable)")
     run.add_argument("--exclude", action="append", default=[], help="glob on the relative key (repeatable)")
     run.add_argument("--max-pixels", type=int, default=None, help="refuse inputs with more pixels (decompression-bomb guard)")
+    run.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                     help="per-image time limit, checked between tiles: a slower image gets a failed row")
     run.add_argument("--from-list", default=None, help="text (one URL or key per line) or Parquet list of images under SRC")
     run.add_argument("--force", action="store_true", help="reprocess images an earlier run already did")
     run.add_argument("--run-id", default=None)
@@ -184,6 +186,7 @@ def config_from_args(args):
         force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
+        time_limit=args.time_limit,
     )
 
 

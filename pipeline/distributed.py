@@ -96,7 +96,7 @@ class UpscaleWorker:
 
         sources = [storage.Source(r["uri"], r["key"], r["size"], r["version"]) for r in batch.to_pylist()]
         group = [read_stage(s, self.config, self.template) for s in sources]
-        infer_stage(group, self.upscaler, self.config.scale)
+        infer_stage(group, self.upscaler, self.config.scale, self.config.time_limit)
         rows = [finish_stage(w, self.config, self.dst_fs, self.dst_root, self.reference) for w in group]
         return pa.Table.from_pylist([{c: r.get(c) for c in manifest.COLUMNS} for r in rows], schema=manifest.SCHEMA)
 

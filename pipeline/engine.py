@@ -83,6 +83,10 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+class ImageTimeLimitError(RuntimeError):
+    """An image (or group) took longer than its per-image time limit."""
+
+
 @dataclass
 class EngineStats:
     tiles: int = 0
@@ -116,6 +120,7 @@ class Upscaler:
         self.batch_size = batch_size
         self.budget = memory_budget_bytes or memory_budget(self.device)
         self.stats = EngineStats()
+        self.deadline: float | None = None  # time.monotonic() value; set per call by the runner
         self.interpolation = model.arch in ("bicubic", "lanczos")
         module = model.module.eval()
         for p in module.parameters():
@@ -229,12 +234,16 @@ class Upscaler:
             stitchers.append(Stitcher(c, h, w, s, overlap))
             for t in plan_tiles(h, w, tile, overlap):
                 work.setdefault(t.shape, []).append((index, t))
+        batches_done = 0
         for shape, items in work.items():
             per_batch = self._batch_size(shape)
             for start in range(0, len(items), per_batch):
                 chunk = items[start : start + per_batch]
                 batch = torch.stack([colors[i][:, t.y0 : t.y1, t.x0 : t.x1] for i, t in chunk])
+                if batches_done and self.deadline is not None and time.monotonic() > self.deadline:
+                    raise ImageTimeLimitError("over the per-image time limit (--time-limit); checked between tiles")
                 out = self._forward(batch)
+                batches_done += 1
                 for (i, t), upscaled in zip(chunk, out):
                     stitchers[i].add(t, upscaled)
         return [st.result() for st in stitchers]

@@ -70,6 +70,7 @@ class RunConfig:
     limit: int | None = None  # pilot runs: the first N images to do ...
     sample: int | None = None  # ... or a random N of them
     storage_options: dict = field(default_factory=dict, repr=False)
+    time_limit: float | None = None  # seconds per image, checked between tiles
     band_mode: str = "rgb+gray"  # rasters: "rgb+gray" | "each" (raster.py)
     radiometric: str = "auto"  # rasters: "auto" | "minmax" | "dtype" (raster.py)
     stream_threshold: int = streaming.DEFAULT_STREAM_THRESHOLD  # TIFFs above this many pixels stream; 0: never
@@ -187,9 +188,12 @@ def _local_output_dir(config: RunConfig, key: str) -> str | None:
     return folder
 
 
-def infer_stage(group: list[ImageWork], upscaler: Upscaler, scale: float | None) -> None:
+def infer_stage(group: list[ImageWork], upscaler: Upscaler, scale: float | None,
+                time_limit: float | None = None) -> None:
     """Upscale a group together; if the group fails, retry one by one so only
-    the image at fault is marked failed. Streamed images go window by window."""
+    the image at fault is marked failed. Streamed images go window by window.
+    `time_limit` is seconds per image, checked between tiles (a single forward
+    pass cannot be interrupted)."""
     for w in group:
         if w.stream is not None:
             _stream(w, upscaler, scale)
@@ -203,6 +207,7 @@ def infer_stage(group: list[ImageWork], upscaler: Upscaler, scale: float | None)
             ins = w.inputs if w.plan is not None else [w.decoded.pixels]
             spans.append((len(inputs), len(ins)))
             inputs.extend(ins)
+        upscaler.deadline = time.monotonic() + time_limit * len(live) if time_limit else None
         outputs = upscaler.upscale(inputs, scale) if inputs else []
     except Exception:
         if len(live) == 1:
@@ -210,8 +215,10 @@ def infer_stage(group: list[ImageWork], upscaler: Upscaler, scale: float | None)
             live[0].row["seconds_infer"] = time.perf_counter() - started
             return
         for w in live:
-            infer_stage([w], upscaler, scale)
+            infer_stage([w], upscaler, scale, time_limit)
         return
+    finally:
+        upscaler.deadline = None
     for w, (start, count) in zip(live, spans):
         try:
             if w.plan is not None:
@@ -536,7 +543,7 @@ def run_local(config: RunConfig, *, progress: bool = False) -> dict:
             while reading and len(group) < config.batch_images:
                 group.append(reading.popleft().result())
                 refill()
-            infer_stage(group, upscaler, config.scale)
+            infer_stage(group, upscaler, config.scale, config.time_limit)
             for work in group:
                 writing.append(writers.submit(finish_stage, work, config, p.dst_fs, p.dst_root, reference))
             while writing and (writing[0].done() or len(writing) > 2 * config.batch_images):
