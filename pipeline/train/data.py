@@ -69,9 +69,16 @@ def load_pairs(sources: list[storage.Source], scale: int, storage_options: dict 
     return pairs
 
 
+def _names(key: str) -> set[str]:
+    """The names a validation image may be given by: its key, file name or stem
+    (so a lossless re-encoding of the training folder keeps the same split)."""
+    base = posixpath.basename(key)
+    return {key, base, posixpath.splitext(base)[0]}
+
+
 def split_sources(cfg: DataConfig) -> tuple[list[storage.Source], list[storage.Source]]:
     """(training, validation) sources. Validation images named in
-    `val_images` (by key or file name) are removed from the training set."""
+    `val_images` (by key, file name or stem) are removed from the training set."""
     train = []
     for url in [cfg.hr, *cfg.extra_hr]:
         if url:
@@ -79,8 +86,8 @@ def split_sources(cfg: DataConfig) -> tuple[list[storage.Source], list[storage.S
     if not train:
         raise FileNotFoundError(f"no training images under {[cfg.hr, *cfg.extra_hr]}")
     wanted = set(cfg.val_images)
-    val = [s for s in train if s.key in wanted or posixpath.basename(s.key) in wanted]
-    missing = wanted - {s.key for s in val} - {posixpath.basename(s.key) for s in val}
+    val = [s for s in train if _names(s.key) & wanted]
+    missing = wanted - set().union(*(_names(s.key) for s in val))
     if missing:
         raise FileNotFoundError(f"validation images not found among the training images: {sorted(missing)}")
     train = [s for s in train if s not in val]

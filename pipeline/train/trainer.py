@@ -97,6 +97,8 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = pick_device(device or cfg.train.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest conv once
         seed_everything(cfg.train.seed)
         self.fs, self.root = storage.open_location(cfg.train.out, cfg.data.storage_options)
 
