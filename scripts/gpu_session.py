@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--probe-steps", type=int, default=300)
     parser.add_argument("--min-steps", type=int, default=1000)
-    parser.add_argument("--bench-reserve", type=float, default=130, help="seconds kept for the benchmarks")
+    parser.add_argument("--bench-reserve", type=float, default=110, help="seconds kept for the benchmarks")
     args = parser.parse_args()
     start = time.monotonic()
     deadline = start + args.budget
@@ -96,8 +96,8 @@ def main() -> None:
 
     bench_log = log
     for name, cmd, limit in [
-        ("gpu_throughput.json", [py, "benchmarks/gpu_throughput.py"], 70),
-        ("engine.json", [py, "benchmarks/engine.py", "--device", "cuda"], 60),
+        ("gpu_throughput.json", [py, "benchmarks/gpu_throughput.py"], 55),
+        ("engine.json", [py, "benchmarks/engine.py", "--device", "cuda"], 50),
     ]:
         left = deadline - time.monotonic() - 5
         if left < 15:
