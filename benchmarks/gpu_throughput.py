@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops for bf16 instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_throughput: no CUDA device")
@@ -56,6 +57,19 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.images)]
     results = {}
+    if args.profile:
+        model = LoadedModel(name="edsr-baseline-x4", arch="EDSR", module=module, scale=4, in_channels=3,
+                            out_channels=3, overlap=16, config={"num_feat": 64, "num_block": 16, "scale": 4})
+        upscaler = Upscaler(model, device="cuda", precision="bf16")
+        upscaler.upscale(images[:1])
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            upscaler.upscale(images[:2])
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
+        return
     for precision in ("fp32", "fp16", "bf16"):
         model = LoadedModel(name="edsr-baseline-x4", arch="EDSR", module=module, scale=4, in_channels=3,
                             out_channels=3, overlap=16, config={"num_feat": 64, "num_block": 16, "scale": 4})

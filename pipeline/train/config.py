@@ -28,6 +28,9 @@ class DataConfig:
     rot90: bool = True
     # Validation: held out from the training folders (by file name) or the
     # first `val_count` images of a separate folder `val_hr`.
+    # Extra copies of every training image downscaled by these factors (e.g. [0.5, 0.75]):
+    # more distinct structures per pixel from a small archive, as DIV2K-style training does.
+    scale_augment: list[float] = field(default_factory=list)
     val_images: list[str] = field(default_factory=list)
     val_hr: str = ""
     val_count: int = 0

@@ -61,11 +61,16 @@ def list_images(url: str, storage_options: dict | None = None) -> list[storage.S
 
 
 def load_pairs(sources: list[storage.Source], scale: int, storage_options: dict | None = None,
-               max_side: int = 0) -> list[Pair]:
+               max_side: int = 0, scale_augment: list[float] = ()) -> list[Pair]:
+    """One pair per image, plus one per `scale_augment` factor: the image
+    downscaled by that factor (MATLAB bicubic) and then treated as an HR image."""
     pairs = []
     for source in sources:
         decoded = imageio.decode_image(storage.read_bytes(source.uri, storage_options), name=source.uri)
         pairs.append(make_pair(source.key, decoded.pixels, scale, max_side))
+        for factor in scale_augment:
+            smaller = imresize(pairs[-1].hr, factor)
+            pairs.append(make_pair(f"{source.key}@{factor:g}", smaller, scale, max_side))
     return pairs
 
 

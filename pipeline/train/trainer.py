@@ -133,7 +133,8 @@ class Trainer:
 
         train_sources, val_sources = split_sources(cfg.data)
         scale = cfg.model.scale
-        self.sampler = PatchSampler(load_pairs(train_sources, scale, cfg.data.storage_options),
+        self.sampler = PatchSampler(load_pairs(train_sources, scale, cfg.data.storage_options,
+                                               scale_augment=cfg.data.scale_augment),
                                     cfg.data, scale, cfg.train.seed)
         self.val = (load_pairs(val_sources, scale, cfg.data.storage_options, cfg.data.val_max_side)
                     if self.is_main else [])
