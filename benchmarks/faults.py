@@ -47,8 +47,21 @@ class FlakyProxy:
     def __init__(self, target_port: int):
         self.port, self.target = free_port(), target_port
         self.down, self.reset_every, self.connections, self.faults = False, 0, 0, 0
+        self.live: list[socket.socket] = []
         self.server = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        """Go down now: refuse new connections and reset the open ones (pooled
+        keep-alive connections would otherwise keep working)."""
+        self.down = True
+        for sock in list(self.live):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.close()
+            except OSError:
+                pass
+        self.live.clear()
 
     def _accept(self):
         while True:
@@ -60,6 +73,7 @@ class FlakyProxy:
                 client.close()  # RST
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.live += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 

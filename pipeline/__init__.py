@@ -25,19 +25,18 @@ def upscale_image(image, model=None, *, scale: float | None = None, tile: int | 
                   overlap: int | None = None, precision: str = "auto", device: str = "auto"):
     """Upscale one H x W (x C) numpy array; `model` is a LoadedModel or a spec for load_model."""
     from pipeline.engine import Upscaler
-    from pipeline.runner import DEFAULT_MODEL
+    from pipeline.models import default_model
 
     if model is None or isinstance(model, str):
-        model = load_model(model or DEFAULT_MODEL, scale=max(1, round(scale)) if scale else None)
+        model = load_model(model or default_model(scale), scale=max(1, round(scale)) if scale else None)
     upscaler = Upscaler(model, device=device, precision=precision, tile=tile, overlap=overlap)
     return upscaler.upscale([image], scale)[0]
 
 
 def _config(src: str, dst: str, options: dict):
-    from pipeline.runner import DEFAULT_MODEL, RunConfig
+    from pipeline.runner import RunConfig
 
     options = dict(options)
-    options.setdefault("model", DEFAULT_MODEL)
     for key in ("include", "exclude"):
         if key in options:
             options[key] = tuple(options[key])

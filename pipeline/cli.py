@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
+EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_STORAGE = 0, 2, 3, 4
 
 
 def _positive_scale(text: str) -> float:
@@ -30,7 +30,8 @@ def _storage_option(text: str) -> tuple[str, object]:
 
 def add_engine_options(p: argparse.ArgumentParser, scale: bool = True) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--model", default=None, help="named model, local path or fsspec URL (default: the bundled default)")
+    g.add_argument("--model", default=None, help="named model, local path or fsspec URL (default: the bundled model for the "
+                   "scale: edsr-x4, or edsr-x2 up to x2; bicubic at x1 or below)")
     if scale:
         g.add_argument("--scale", type=_positive_scale, default=None,
                        help="output scale; may differ from the model's (x3 from x4, x8 in two passes, 2.5)")
@@ -72,6 +73,9 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--max-pixels", type=int, default=None, help="refuse inputs with more pixels (decompression-bomb guard)")
     run.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                      help="per-image time limit, checked between tiles: a slower image gets a failed row")
+    run.add_argument("--storage-failures", type=int, default=5, metavar="N",
+                     help="after N images in a row fail on storage (each after its retries), do not attempt the "
+                          "rest: they get failed rows for `upscaler rerun` (0: never give up)")
     run.add_argument("--from-list", default=None, help="text (one URL or key per line) or Parquet list of images under SRC")
     run.add_argument("--force", action="store_true", help="reprocess images an earlier run already did")
     run.add_argument("--run-id", default=None)
@@ -162,23 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _default_model(scale: float | None) -> str:
-    """The bundled model trained for this scale, else the project-wide default."""
-    from pipeline.models import NAMED_MODELS
-    from pipeline.runner import DEFAULT_MODEL
-
-    for name, named in NAMED_MODELS.items():
-        if named.weights and scale is not None and named.scale == scale:
-            return name
-    return DEFAULT_MODEL
-
-
 def config_from_args(args):
     from pipeline import imageio
     from pipeline.runner import RunConfig
 
     return RunConfig(
-        src=args.src, dst=args.dst, model=args.model or _default_model(args.scale), scale=args.scale,
+        src=args.src, dst=args.dst, model=args.model, scale=args.scale,
         tile=args.tile, overlap=args.overlap, precision=args.precision, format=args.format,
         quality=args.quality, compress_level=args.compress_level, reference=args.reference, include=tuple(args.include),
         exclude=tuple(args.exclude), max_pixels=args.max_pixels or imageio.DEFAULT_MAX_PIXELS,
@@ -186,7 +179,7 @@ def config_from_args(args):
         force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
-        time_limit=args.time_limit,
+        time_limit=args.time_limit, storage_failures=args.storage_failures,
     )
 
 
@@ -221,8 +214,9 @@ def cmd_plan(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from pipeline.costs import calibrate
+    from pipeline.models import default_model
 
-    result = calibrate(args.model or _default_model(None), device=args.device, tile=args.tile,
+    result = calibrate(args.model or default_model(None), device=args.device, tile=args.tile,
                        precision=args.precision, seconds=args.seconds)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -319,13 +313,20 @@ def _report(summary: dict, args) -> int:
             print(f"{name:<20} {value}")
         for failure in summary["failures"]:
             print(f"  failed {failure['image_id']}: {failure['error_type']}: {failure['error']}", file=sys.stderr)
+    if summary.get("storage_error"):
+        spooled = summary["spooled"]
+        print(f"upscaler: error: the destination's storage stayed unreachable: {summary['storage_error']}\n"
+              f"  {spooled['files']} manifest file(s) kept in {spooled['folder']}; once storage is back, "
+              f"`upscaler rerun DST` uploads them and redoes the images that did not finish.", file=sys.stderr)
+        return EXIT_STORAGE
     return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK
 
 
 def cmd_eval(args) -> int:
     from pipeline.evaluate import evaluate
+    from pipeline.models import default_model
 
-    result = evaluate(args.hr, args.scale, args.model or _default_model(args.scale), lr=args.lr,
+    result = evaluate(args.hr, args.scale, args.model or default_model(args.scale), lr=args.lr,
                       device=args.device, precision=args.precision, tile=args.tile, overlap=args.overlap)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -369,6 +370,8 @@ def cmd_rerun(args) -> int:
     for s in summaries:
         total["failures"] += s["failures"]
         total["manifest"] = s["manifest"]
+        if s.get("storage_error"):
+            total.update(storage_error=s["storage_error"], spooled=s["spooled"])
     total.update(rerun_failed=failed, rerun_missing=missing)
     return _report(total, args)
 
@@ -422,6 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as error:
+        from pipeline.storage import is_storage_error
+
+        if not is_storage_error(error):
+            raise
+        print(f"upscaler {args.command}: error: storage unreachable: {type(error).__name__}: {error}\n"
+              f"  run the same command again once storage is back: what is already done is skipped.",
+              file=sys.stderr)
+        return EXIT_STORAGE
 
 
 if __name__ == "__main__":

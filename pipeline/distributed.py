@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from pipeline import manifest, resume as plan_mod
-from pipeline.runner import (RowSink, RunConfig, base_row, finish_run, finish_stage, infer_stage, prepare,
+from pipeline.runner import (Circuit, RowSink, RunConfig, base_row, finish_run, finish_stage, infer_stage, prepare,
                              read_stage, Reference)
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,18 @@ class UpscaleWorker:
         self.reference = Reference(config.reference, config.storage_options) if config.reference else None
         worker = f"{socket.gethostname()}-{os.getpid()}"
         self.template = base_row(config, run_id, model, self.upscaler, worker=worker, config_key=config_key)
+        self.circuit = Circuit(config.storage_failures)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from pipeline import storage
 
         sources = [storage.Source(r["uri"], r["key"], r["size"], r["version"]) for r in batch.to_pylist()]
-        group = [read_stage(s, self.config, self.template) for s in sources]
+        group = [self.circuit.skip(s, self.template) if self.circuit.open else read_stage(s, self.config, self.template)
+                 for s in sources]
         infer_stage(group, self.upscaler, self.config.scale, self.config.time_limit)
         rows = [finish_stage(w, self.config, self.dst_fs, self.dst_root, self.reference) for w in group]
+        for row in rows:
+            self.circuit.record(row)
         return pa.Table.from_pylist([{c: r.get(c) for c in manifest.COLUMNS} for r in rows], schema=manifest.SCHEMA)
 
 
@@ -158,8 +162,11 @@ def run_ray(config: RunConfig, options: RayOptions | None = None, *, progress: b
                 for row in result.to_pylist():
                     sink.add(row)
     finally:
-        if p.dst_fs.exists(plan_dir):
-            p.dst_fs.rm(plan_dir, recursive=True)
+        try:
+            if p.dst_fs.exists(plan_dir):
+                p.dst_fs.rm(plan_dir, recursive=True)
+        except Exception as error:  # DST down: the plan is only a cache of the listing
+            log.warning("could not remove %s: %s", plan_dir, error)
     engine = {"workers": workers, "cpus_per_worker": cpus_per, "gpus_per_worker": gpus_per,
               "device": config.device, "precision": config.precision, "tile": config.tile, "overlap": config.overlap}
     return finish_run(p, sink, executor="ray", engine=engine)

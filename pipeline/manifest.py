@@ -83,23 +83,36 @@ def manifest_dir(dst_root: str) -> str:
     return posixpath.join(dst_root, "_manifest")
 
 
+def rows_part(run_id: str, worker: str, rows: list[dict]) -> tuple[str, bytes]:
+    """One worker's rows as a Parquet file: (path relative to _manifest, bytes)."""
+    table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.drop_columns(["run_id"]), sink)
+    return f"run_id={run_id}/part-{worker}.parquet", sink.getvalue().to_pybytes()
+
+
+def run_record(run_id: str, record: dict) -> tuple[str, bytes]:
+    """The run's JSON record: (path relative to _manifest, bytes)."""
+    return f"_runs/{run_id}.json", json.dumps(record, indent=2, sort_keys=True, default=str).encode()
+
+
+def write_file(fs, dst_root: str, relative: str, data: bytes) -> str:
+    """Write one manifest file atomically, with the storage retries; returns its path."""
+    from pipeline.storage import write_atomic
+
+    path = posixpath.join(manifest_dir(dst_root), relative)
+    write_atomic(fs, path, data)  # makes local parent folders; object stores have none
+    return path
+
+
 def write_rows(fs, dst_root: str, run_id: str, worker: str, rows: list[dict]) -> str:
     """Write one worker's rows as a Parquet file; returns its path."""
-    table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=SCHEMA)
-    path = posixpath.join(manifest_dir(dst_root), f"run_id={run_id}", f"part-{worker}.parquet")
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as f:
-        pq.write_table(table.drop_columns(["run_id"]), f)
-    return path
+    return write_file(fs, dst_root, *rows_part(run_id, worker, rows))
 
 
 def write_run_record(fs, dst_root: str, run_id: str, record: dict) -> str:
     """The run's JSON record; written after all rows, so its presence marks a finished run."""
-    path = posixpath.join(manifest_dir(dst_root), "_runs", f"{run_id}.json")
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True, default=str)
-    return path
+    return write_file(fs, dst_root, *run_record(run_id, record))
 
 
 def read_manifest(fs, dst_root: str) -> pa.Table:

@@ -37,19 +37,18 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline import __version__, imageio, manifest, metrics, raster, storage, streaming
+from pipeline import __version__, imageio, manifest, metrics, raster, spool, storage, streaming
 from pipeline import resume as plan_mod
 from pipeline.engine import Upscaler
-from pipeline.models import LoadedModel, load_model
+from pipeline.models import LoadedModel, default_model, load_model
 
-DEFAULT_MODEL = "bicubic"
 
 
 @dataclass
 class RunConfig:
     src: str
     dst: str
-    model: str = DEFAULT_MODEL
+    model: str | None = None  # None: the bundled model for `scale` (pipeline.models.default_model)
     scale: float | None = None
     tile: int | None = None  # None = auto from the memory budget, 0 = whole image
     overlap: int | None = None
@@ -74,8 +73,11 @@ class RunConfig:
     band_mode: str = "rgb+gray"  # rasters: "rgb+gray" | "each" (raster.py)
     radiometric: str = "auto"  # rasters: "auto" | "minmax" | "dtype" (raster.py)
     stream_threshold: int = streaming.DEFAULT_STREAM_THRESHOLD  # TIFFs above this many pixels stream; 0: never
+    storage_failures: int = 5  # images in a row failing on storage before the rest are not attempted; 0: never
 
     def __post_init__(self):
+        if not self.model:
+            self.model = default_model(self.scale)
         if self.band_mode not in raster.BAND_MODES:
             raise ValueError(f"band mode must be one of {', '.join(raster.BAND_MODES)}, not {self.band_mode!r}")
         if self.radiometric not in raster.RADIOMETRIC_MODES:
@@ -137,6 +139,34 @@ def base_row(config: RunConfig, run_id: str, model: LoadedModel, upscaler: Upsca
         "device": info["device"],
         "worker": worker,
     }
+
+
+class Circuit:
+    """Stops hammering storage that is down. After `threshold` images in a row
+    fail with StorageUnavailable (each after its ~8 s of retries), the images
+    left are not attempted: they get a failed row at once, which `upscaler rerun`
+    redoes once storage is back. One success closes it again."""
+
+    def __init__(self, threshold: int):
+        self.threshold, self.streak, self.last = threshold, 0, ""
+
+    def record(self, row: dict) -> None:
+        if row["status"] == "ok":
+            self.streak = 0
+        elif row.get("error_type") == "StorageUnavailable" and not row["error"].startswith("not attempted"):
+            self.streak, self.last = self.streak + 1, row["error"]
+
+    @property
+    def open(self) -> bool:
+        return 0 < self.threshold <= self.streak
+
+    def skip(self, source: storage.Source, template: dict) -> ImageWork:
+        """The failed work item of an image not attempted while open."""
+        work = ImageWork(source, dict(template, image_id=source.key, src_uri=source.uri,
+                                      source_version=source.version, started_at=_now()), time.perf_counter())
+        _fail(work, storage.StorageUnavailable(
+            f"not attempted: storage unreachable ({self.streak} images in a row failed on it; last: {self.last})"))
+        return work
 
 
 def read_stage(source: storage.Source, config: RunConfig, template: dict) -> ImageWork:
@@ -468,6 +498,7 @@ def prepare(config: RunConfig, model: LoadedModel | None = None) -> Prepared:
     key = plan_mod.config_key(model.sha256 or model.name, config)
     dst_fs, dst_root = storage.open_location(config.dst, config.storage_options)
     dst_fs.invalidate_cache()  # other processes (workers, earlier runs) changed it
+    spool.upload(dst_fs, dst_root, spool.dst_url(dst_fs, dst_root))  # rows an earlier run could not write
     prior = plan_mod.PriorIndex.load(dst_fs, dst_root, key) if not config.force else plan_mod.PriorIndex({})
     if config.from_list:
         listing = plan_mod.sources_from_list(config.from_list, config.src, config.storage_options)
@@ -493,8 +524,12 @@ class RowSink:
         self.device_seconds = 0.0
         self.failures: list[dict] = []
         self.bar = _progress_bar(progress)
+        self.circuit = Circuit(prepared.config.storage_failures)
+        self.spooled: list[str] = []  # manifest files kept locally: DST was unreachable
+        self.storage_error = ""
 
     def add(self, row: dict) -> None:
+        self.circuit.record(row)
         self.pending.append(row)
         self.counts["ok" if row["status"] == "ok" else "failed"] += 1
         self.megapixels[0] += (row.get("width") or 0) * (row.get("height") or 0) / 1e6
@@ -509,9 +544,22 @@ class RowSink:
     def flush(self) -> None:
         if self.pending:
             name = f"{self.worker}-{self.parts:05d}"
-            manifest.write_rows(self.p.dst_fs, self.p.dst_root, self.p.run_id, name, self.pending)
+            self.write(*manifest.rows_part(self.p.run_id, name, self.pending))
             self.parts += 1
             self.pending = []
+
+    def write(self, relative: str, data: bytes) -> None:
+        """A manifest file to DST, or to the local spool when DST stays unreachable
+        (once it was, the rest of the run goes to the spool too: rows stay in order)."""
+        if not self.storage_error:
+            try:
+                manifest.write_file(self.p.dst_fs, self.p.dst_root, relative, data)
+                return
+            except storage.StorageUnavailable as error:
+                self.storage_error = str(error)
+        url = spool.dst_url(self.p.dst_fs, self.p.dst_root)
+        spool.keep(url, relative, data)
+        self.spooled.append(relative)
 
 
 def run_local(config: RunConfig, *, progress: bool = False) -> dict:
@@ -535,7 +583,10 @@ def run_local(config: RunConfig, *, progress: bool = False) -> dict:
                 if source is None:
                     sources_left = False
                     return
-                reading.append(readers.submit(read_stage, source, config, template))
+                if sink.circuit.open:
+                    reading.append(_done(sink.circuit.skip(source, template)))
+                else:
+                    reading.append(readers.submit(read_stage, source, config, template))
 
         refill()
         while reading:
@@ -551,6 +602,12 @@ def run_local(config: RunConfig, *, progress: bool = False) -> dict:
         while writing:
             sink.add(writing.popleft().result())
     return finish_run(p, sink, executor="local", engine=upscaler.info)
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def finish_run(p: Prepared, sink: RowSink, *, executor: str, engine: dict, extra: dict | None = None) -> dict:
@@ -585,7 +642,11 @@ def finish_run(p: Prepared, sink: RowSink, *, executor: str, engine: dict, extra
         "versions": _versions(),
         **(extra or {}),
     }
-    manifest.write_run_record(p.dst_fs, p.dst_root, p.run_id, record)
+    sink.write(*manifest.run_record(p.run_id, record))
+    if sink.storage_error:
+        summary["storage_error"] = sink.storage_error
+        summary["spooled"] = {"files": len(sink.spooled),
+                              "folder": str(spool.spool_dir(spool.dst_url(p.dst_fs, p.dst_root)))}
     return summary
 
 

@@ -119,21 +119,48 @@ def output_key(key: str, extension: str) -> str:
 
 
 PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, UnsafeKeyError)
+# Where the network and storage clients' own exceptions live (botocore's EndpointConnectionError
+# and aiohttp's ServerDisconnectedError are not OSErrors).
+_CLIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "s3fs", "gcsfs", "adlfs", "fsspec")
+
+# Retry schedule: up to 6 attempts, 0.25 s doubling, and no new attempt once 60 s have
+# passed: the storage clients retry inside each attempt too (botocore and s3fs: ~9 s
+# per call against a dead endpoint), and without a time bound the layers multiply into
+# minutes per image. Module-level so that tests of an outage can shorten it.
+RETRY_ATTEMPTS, RETRY_FIRST_DELAY, RETRY_SECONDS = 6, 0.25, 60.0
 
 
-def with_retries(action, what: str, attempts: int = 6, first_delay: float = 0.25):
+class StorageUnavailable(OSError):
+    """Storage still failing after every retry. Rows record it as the error type;
+    after a few in a row the runner stops trying (runner.Circuit)."""
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """Transient by nature: network, timeouts, 5xx and throttling from the storage client."""
+    if isinstance(error, PERMANENT_ERRORS):
+        return False
+    if isinstance(error, (OSError, TimeoutError, ConnectionError)):
+        return True
+    return any(cls.__module__.split(".")[0] in _CLIENT_MODULES for cls in type(error).__mro__[:-1])
+
+
+def with_retries(action, what: str, attempts: int | None = None, first_delay: float | None = None):
     """Run `action()`, retrying transient storage errors (5xx, throttling,
     connection resets, timeouts) with exponential backoff and jitter. Errors
-    that retrying cannot fix (missing object, no permission) raise at once."""
-    delay = first_delay
+    that retrying cannot fix (missing object, no permission, a corrupt file)
+    raise at once; storage that keeps failing raises StorageUnavailable."""
+    attempts = attempts or RETRY_ATTEMPTS
+    delay = RETRY_FIRST_DELAY if first_delay is None else first_delay
+    give_up_at = time.monotonic() + RETRY_SECONDS
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except PERMANENT_ERRORS:
-            raise
         except Exception as error:
-            if attempt == attempts:
+            if not is_storage_error(error) or isinstance(error, StorageUnavailable):
                 raise
+            if attempt == attempts or time.monotonic() + delay > give_up_at:
+                raise StorageUnavailable(f"{what}: still failing after {attempt} attempts "
+                                         f"({type(error).__name__}: {error})") from error
             log.warning("%s failed (%s: %s); retry %d/%d in %.2f s", what, type(error).__name__, error,
                         attempt, attempts - 1, delay)
             time.sleep(delay * (1 + random.random() / 2))

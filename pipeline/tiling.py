@@ -90,20 +90,26 @@ def blend_window(tile: Tile, scale: int, overlap: int) -> torch.Tensor:
 
 
 class Stitcher:
-    """Accumulates weighted upscaled tiles of one image and normalises at the end."""
+    """Accumulates weighted upscaled tiles of one image and normalises at the end.
+    The accumulators live on `device`: on a GPU the tiles never leave it, and
+    only the finished, quantised image is copied back."""
 
-    def __init__(self, channels: int, height: int, width: int, scale: int, overlap: int):
-        self.scale, self.overlap = scale, overlap
-        self.out = torch.zeros(channels, height * scale, width * scale, dtype=torch.float32)
-        self.weight = torch.zeros(1, height * scale, width * scale, dtype=torch.float32)
-        self.pending = 0
+    def __init__(self, channels: int, height: int, width: int, scale: int, overlap: int,
+                 device: torch.device | str = "cpu"):
+        self.scale, self.overlap, self.device = scale, overlap, torch.device(device)
+        self.out = torch.zeros(channels, height * scale, width * scale, dtype=torch.float32, device=self.device)
+        self.weight = torch.zeros(1, height * scale, width * scale, dtype=torch.float32, device=self.device)
+        self.windows: dict[tuple, torch.Tensor] = {}  # most tiles share one of a few windows
 
     def add(self, tile: Tile, upscaled: torch.Tensor) -> None:
-        """Add one upscaled tile (C, h*scale, w*scale), float32 on the CPU."""
+        """Add one upscaled tile (C, h*scale, w*scale), float32."""
         s = self.scale
-        window = blend_window(tile, s, self.overlap)
+        key = (tile.shape, tile.inner_top, tile.inner_bottom, tile.inner_left, tile.inner_right)
+        if key not in self.windows:
+            self.windows[key] = blend_window(tile, s, self.overlap).to(self.device)
+        window = self.windows[key]
         region = (slice(None), slice(tile.y0 * s, tile.y1 * s), slice(tile.x0 * s, tile.x1 * s))
-        self.out[region] += upscaled * window
+        self.out[region] += upscaled.to(self.device) * window
         self.weight[region] += window
 
     def result(self) -> torch.Tensor:

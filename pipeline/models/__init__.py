@@ -45,7 +45,27 @@ NAMED_MODELS: dict[str, NamedModel] = {
     "edsr-x2": NamedModel("EDSR", scale=2, weights="edsr-x2.safetensors", params=605_379,
                           description="EDSR 48 features x 12 blocks, trained on Kodak + Urban100 img_021-060; "
                                       "Set5 x2 36.86 dB PSNR-Y"),
+    # Trained by this project on a lent H200 (configs/edsr-x4.toml, then edsr-x4-finetune.toml);
+    # card: models/cards/edsr-x4.md
+    "edsr-x4": NamedModel("EDSR", scale=4, weights="edsr-x4.safetensors", params=1_443_715,
+                          description="EDSR 64 features x 15 blocks, trained on Kodak + Urban100 img_021-060; "
+                                      "Set5 x4 31.09 dB PSNR-Y"),
 }
+
+
+def default_model(scale: float | None = None) -> str:
+    """The bundled model for an output scale: the smallest trained scale that
+    reaches it (x1.5 -> edsr-x2, x3 -> edsr-x4 then resized down), the largest
+    for bigger scales (repeated passes), bicubic when nothing is upscaled.
+    No scale means the models' own: the x4 model."""
+    trained = sorted((m.scale, name) for name, m in NAMED_MODELS.items() if m.weights and m.scale)
+    if not trained:
+        return "bicubic"
+    if scale is None:
+        return max(trained, key=lambda t: t[0] == 4)[1]
+    if scale <= 1:
+        return "bicubic"
+    return next((name for s, name in trained if s >= scale), trained[-1][1])
 
 
 def load_model(spec: str, *, scale: int | None = None, storage_options: dict | None = None) -> LoadedModel:
@@ -137,6 +157,7 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "NAMED_MODELS",
+    "default_model",
     "NamedModel",
     "list_models",
     "load_model",
