@@ -5,12 +5,15 @@ Scenarios, each on a fresh destination with the same 32 source images:
 - storage_resets: every 7th connection to the S3 server is reset (through a TCP proxy);
 - storage_outage: the S3 endpoint goes away for 3 s mid-run and comes back on the same port;
 - driver_killed: SIGKILL the driver mid-run, then run the same command again;
-- concurrent_runs: two runs on the same destination at once.
+- concurrent_runs: two runs on the same destination at once;
+- storage_stays_down: the S3 endpoint goes away mid-run and stays away until the run
+  has given up (exit 4, rows spooled locally); then it comes back and `upscaler rerun`
+  completes the job.
 
 "lost" = source images without an `ok` row and a decodable output at the end;
 "duplicates" = images with more than one `ok` row in the same run.
 
-    python benchmarks/faults.py [--images 32]
+    python benchmarks/faults.py [--images 32] [--only storage_stays_down]
 """
 
 from __future__ import annotations
@@ -154,6 +157,7 @@ def audit(fs, dst: str, count: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--only", action="append", default=[], help="run only these scenarios (repeatable)")
     args = parser.parse_args()
     from moto.server import ThreadedMotoServer
     import s3fs
@@ -163,7 +167,8 @@ def main() -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     server.start()
     proxy = FlakyProxy(s3_port)
-    os.environ.update(AWS_ACCESS_KEY_ID="faults", AWS_SECRET_ACCESS_KEY="faults-secret", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(AWS_ACCESS_KEY_ID="faults", AWS_SECRET_ACCESS_KEY="faults-secret", AWS_DEFAULT_REGION="us-east-1",
+                      UPSCALER_SPOOL=tempfile.mkdtemp(prefix="faults-spool-"))
     endpoint = f"http://127.0.0.1:{proxy.port}"
     fs = s3fs.S3FileSystem(endpoint_url=f"http://127.0.0.1:{s3_port}")
     fs.mkdir(SRC_BUCKET)
@@ -181,9 +186,12 @@ def main() -> None:
         except Exception:
             return 0
 
-    def scenario(name, executor="ray", kills=0, resets=0, outage=0.0, kill_driver=False, concurrent=False):
+    def scenario(name, executor="ray", kills=0, resets=0, outage=0.0, kill_driver=False, concurrent=False,
+                 stays_down=False):
+        if args.only and name not in args.only:
+            return
         dst = f"s3://{SRC_BUCKET}/out-{name}"
-        argv = command(src, dst, model, storage, executor)
+        argv = command(src, dst, model, storage + (["--storage-failures", "3"] if stays_down else []), executor)
         started, faults = time.time(), 0
         proxy.reset_every, proxy.faults = resets, 0
         procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)]
@@ -202,6 +210,9 @@ def main() -> None:
                 time.sleep(outage)
                 proxy.down, outage = False, 0.0
                 faults += 1
+            if stays_down and not proxy.down and done >= args.images // 3:
+                proxy.cut()  # and it stays down until the run has given up
+                faults += 1
             if kill_driver and done >= args.images // 3:
                 procs[0].send_signal(signal.SIGKILL)
                 faults += 1
@@ -210,10 +221,19 @@ def main() -> None:
                 procs[0] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             time.sleep(0.2)
         codes = [p.wait() for p in procs]
+        extra = {}
+        if stays_down:  # storage comes back; `upscaler rerun` finishes the job
+            proxy.down = False
+            summary = json.loads(procs[0].stdout.read() or "{}")
+            extra = {"gave_up_after_s": round(time.time() - started, 1), "spooled_files": summary.get("spooled", {}).get("files"),
+                     "not_attempted": sum(f["error"].startswith("not attempted") for f in summary.get("failures", []))}
+            rerun = [sys.executable, "-m", "pipeline.cli", "rerun", dst, "--executor", executor, "--json",
+                     "--no-progress", *storage]
+            codes.append(subprocess.run(rerun, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).returncode)
         proxy.reset_every = 0
         faults += proxy.faults
         result = {"faults_injected": faults, "exit_codes": codes, "seconds": round(time.time() - started, 1),
-                  **audit(fs, dst, args.images)}
+                  **extra, **audit(fs, dst, args.images)}
         report["scenarios"][name] = result
         print(f"{name}: {result}", file=sys.stderr)
 
@@ -223,6 +243,7 @@ def main() -> None:
     scenario("storage_outage", executor="local", outage=3.0)
     scenario("driver_killed", executor="local", kill_driver=True)
     scenario("concurrent_runs", executor="local", concurrent=True)
+    scenario("storage_stays_down", executor="local", stays_down=True)
     scenarios = report["scenarios"].values()
     report["total"] = {"faults_injected": sum(s["faults_injected"] for s in scenarios),
                        "images_lost": sum(s["lost"] for s in scenarios),

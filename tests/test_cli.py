@@ -197,6 +197,15 @@ def test_demo_writes_samples_in_every_claimed_layout_and_upscales_them_all(tmp_p
     assert alpha.pixels.shape[2] == 4 and deep.pixels.dtype == np.uint16 and gray.pixels.shape[2] == 1
 
 
+def test_without_model_or_scale_the_bundled_x4_model_upscales_by_four(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one.png").write_bytes(png(gradient(12, 10)))
+    assert run_cli("run", src, tmp_path / "dst", "--executor", "local") == EXIT_OK
+    (row,) = pq.read_table(tmp_path / "dst" / "_manifest").to_pylist()
+    assert row["model"] == "edsr-x4" and (row["out_width"], row["out_height"]) == (40, 48)
+
+
 def test_the_bundled_x2_model_is_the_default_at_scale_two(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
