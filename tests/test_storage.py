@@ -40,10 +40,31 @@ def test_storage_that_stays_down_raises_after_the_last_attempt(monkeypatch):
     monkeypatch.setattr(storage.time, "sleep", delays.append)
     FlakyMemory().pipe("/flaky/b.bin", b"payload")
     FlakyMemory.failures = 10
-    with pytest.raises(ConnectionResetError):
+    with pytest.raises(storage.StorageUnavailable, match="still failing after 6 attempts") as raised:
         storage.read_bytes("flaky:///flaky/b.bin")
+    assert isinstance(raised.value.__cause__, ConnectionResetError)
     assert len(delays) == 5 and all(a < b for a, b in zip(delays, delays[1:]))  # exponential backoff
     FlakyMemory.failures = 0
+
+
+def test_retries_stop_when_their_time_budget_is_spent(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(storage.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(storage.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(storage, "RETRY_SECONDS", 1.0)  # 0.25 + 0.5 fit, the 1 s wait does not
+    FlakyMemory().pipe("/flaky/c.bin", b"payload")
+    FlakyMemory.failures = 10
+    with pytest.raises(storage.StorageUnavailable, match="after 3 attempts"):
+        storage.read_bytes("flaky:///flaky/c.bin")
+    FlakyMemory.failures = 0
+
+
+def test_a_corrupt_file_is_not_retried_as_if_storage_were_down(monkeypatch):
+    delays = []
+    monkeypatch.setattr(storage.time, "sleep", delays.append)
+    with pytest.raises(ValueError):
+        storage.with_retries(lambda: int("not a number"), "parsing")
+    assert delays == []
 
 
 def test_missing_object_is_not_retried(monkeypatch):
