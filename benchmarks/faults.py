@@ -6,9 +6,9 @@ Scenarios, each on a fresh destination with the same 32 source images:
 - storage_outage: the S3 endpoint goes away for 3 s mid-run and comes back on the same port;
 - driver_killed: SIGKILL the driver mid-run, then run the same command again;
 - concurrent_runs: two runs on the same destination at once;
-- storage_stays_down: the S3 endpoint goes away mid-run and stays away until the run
-  has given up (exit 4, rows spooled locally); then it comes back and `upscaler rerun`
-  completes the job.
+- storage_stays_down (local executor) / storage_stays_down_ray: the S3 endpoint goes
+  away mid-run and stays away until the run has given up (exit 4, rows spooled
+  locally); then it comes back and `upscaler rerun` completes the job.
 
 "lost" = source images without an `ok` row and a decodable output at the end;
 "duplicates" = images with more than one `ok` row in the same run.
@@ -244,6 +244,7 @@ def main() -> None:
     scenario("driver_killed", executor="local", kill_driver=True)
     scenario("concurrent_runs", executor="local", concurrent=True)
     scenario("storage_stays_down", executor="local", stays_down=True)
+    scenario("storage_stays_down_ray", executor="ray", stays_down=True)
     scenarios = report["scenarios"].values()
     report["total"] = {"faults_injected": sum(s["faults_injected"] for s in scenarios),
                        "images_lost": sum(s["lost"] for s in scenarios),
