@@ -499,6 +499,7 @@ def prepare(config: RunConfig, model: LoadedModel | None = None) -> Prepared:
     dst_fs, dst_root = storage.open_location(config.dst, config.storage_options)
     dst_fs.invalidate_cache()  # other processes (workers, earlier runs) changed it
     spool.upload(dst_fs, dst_root, spool.dst_url(dst_fs, dst_root))  # rows an earlier run could not write
+    _remove_finished_plans(dst_fs, dst_root)
     prior = plan_mod.PriorIndex.load(dst_fs, dst_root, key) if not config.force else plan_mod.PriorIndex({})
     if config.from_list:
         listing = plan_mod.sources_from_list(config.from_list, config.src, config.storage_options)
@@ -509,6 +510,19 @@ def prepare(config: RunConfig, model: LoadedModel | None = None) -> Prepared:
     sources = plan_mod.to_do(listing, prior, dst_fs, config.force, counts,
                              include_quarantined=config.include_quarantined, limit=config.limit, sample=config.sample)
     return Prepared(config, run_id, started_at, model, key, dst_fs, dst_root, sources, counts)
+
+
+def _remove_finished_plans(dst_fs, dst_root: str) -> None:
+    """Plan chunks (DST/_plans/<run_id>/) of finished runs that could not remove
+    them (storage went down at the end). A run's plan is finished once its record exists;
+    plans of runs still going are left alone."""
+    plans = posixpath.join(dst_root, "_plans")
+    if not dst_fs.exists(plans):
+        return
+    for folder in dst_fs.ls(plans, detail=False):
+        record = posixpath.join(manifest.manifest_dir(dst_root), "_runs", f"{posixpath.basename(folder)}.json")
+        if dst_fs.exists(record):
+            dst_fs.rm(folder, recursive=True)
 
 
 class RowSink:

@@ -113,3 +113,17 @@ def test_storage_down_from_the_start_is_a_clear_error_not_a_traceback(outage, ca
     assert code == cli.EXIT_STORAGE
     assert "storage unreachable" in err and "Traceback" not in err
     assert options["secret"] not in err
+
+
+def test_a_finished_runs_leftover_plan_is_removed_by_the_next_run_but_a_running_ones_is_not(tmp_path):
+    dst = tmp_path / "dst"
+    for run_id in ("finished", "running"):
+        (dst / "_plans" / run_id).mkdir(parents=True)
+        (dst / "_plans" / run_id / "chunk-000000.parquet").write_bytes(b"plan")
+    (dst / "_manifest" / "_runs").mkdir(parents=True)
+    (dst / "_manifest" / "_runs" / "finished.json").write_text("{}")
+    (tmp_path / "src").mkdir()
+
+    run_local(RunConfig(src=str(tmp_path / "src"), dst=str(dst), model="bicubic"))
+
+    assert sorted(p.name for p in (dst / "_plans").iterdir()) == ["running"]
