@@ -51,32 +51,36 @@ class FlakyProxy:
         self.port, self.target = free_port(), target_port
         self.down, self.reset_every, self.connections, self.faults = False, 0, 0, 0
         self.live: list[socket.socket] = []
+        self.lock = threading.Lock()  # a connection is either refused or in `live` when cut() runs
         self.server = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, daemon=True).start()
 
     def cut(self) -> None:
-        """Go down now: refuse new connections and reset the open ones (pooled
-        keep-alive connections would otherwise keep working)."""
-        self.down = True
-        for sock in list(self.live):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                sock.close()
-            except OSError:
-                pass
-        self.live.clear()
+        """Go down now: refuse new connections and end the open ones (pooled
+        keep-alive connections would otherwise keep working). shutdown(), not
+        close(): it wakes the pipe threads, and no file descriptor is reused
+        under a thread still reading it."""
+        with self.lock:
+            self.down = True
+            for sock in self.live:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.live.clear()
 
     def _accept(self):
         while True:
             client, _ = self.server.accept()
-            self.connections += 1
-            if self.down or (self.reset_every and self.connections % self.reset_every == 0):
-                self.faults += 1
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                client.close()  # RST
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self.live += [client, upstream]
+            with self.lock:
+                self.connections += 1
+                if self.down or (self.reset_every and self.connections % self.reset_every == 0):
+                    self.faults += 1
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    client.close()  # RST
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                self.live += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 

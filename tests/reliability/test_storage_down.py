@@ -34,7 +34,7 @@ def outage(s3, monkeypatch, tmp_path):
         direct.pipe_file(f"{bucket[5:]}/src/img{i:02d}.png", buffer.getvalue())
     proxy = FlakyProxy(int(options["endpoint_url"].rsplit(":", 1)[1]))
     proxied = {**options, "endpoint_url": f"http://127.0.0.1:{proxy.port}",
-               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2, "read_timeout": 5}}
     monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)
     monkeypatch.setattr(storage, "RETRY_FIRST_DELAY", 0.01)
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)  # s3fs's own retry loop (~2 s a call)
