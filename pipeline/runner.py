@@ -143,9 +143,10 @@ def base_row(config: RunConfig, run_id: str, model: LoadedModel, upscaler: Upsca
 
 class Circuit:
     """Stops hammering storage that is down. After `threshold` images in a row
-    fail with StorageUnavailable (each after its ~8 s of retries), the images
+    fail with StorageUnavailable (each after up to a minute of retries), the images
     left are not attempted: they get a failed row at once, which `upscaler rerun`
-    redoes once storage is back. One success closes it again."""
+    redoes once storage is back. An image already in flight that then succeeds
+    closes it again (storage is back)."""
 
     def __init__(self, threshold: int):
         self.threshold, self.streak, self.last = threshold, 0, ""
