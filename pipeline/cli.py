@@ -204,12 +204,16 @@ def cmd_plan(args) -> int:
 
     planned = estimate(config_from_args(args), gpu_hour_price=args.gpu_hour_price,
                        include_quarantined=args.include_quarantined).as_dict()
-    if args.json:
-        print(json.dumps(planned, indent=2))
-    else:
-        for name, value in planned.items():
-            print(f"{name:<26} {value}")
+    _print_plan(planned, args.json)
     return EXIT_OK
+
+
+def _print_plan(planned: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(planned, indent=2))
+        return
+    for name, value in planned.items():
+        print(f"{name:<26} {value}")
 
 
 def cmd_calibrate(args) -> int:
@@ -354,11 +358,7 @@ def cmd_rerun(args) -> int:
             result[key] = round(sum(p[key] for p in plans), 6)
         prices = [p["estimated_cost"] for p in plans]
         result["estimated_cost"] = round(sum(prices), 6) if prices and None not in prices else None
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            for name, value in result.items():
-                print(f"{name:<26} {value}")
+        _print_plan(result, args.json)
         return EXIT_OK
     summaries = []
     for group in groups:
