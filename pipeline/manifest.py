@@ -18,6 +18,8 @@ import posixpath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.storage import write_atomic
+
 SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -98,21 +100,9 @@ def run_record(run_id: str, record: dict) -> tuple[str, bytes]:
 
 def write_file(fs, dst_root: str, relative: str, data: bytes) -> str:
     """Write one manifest file atomically, with the storage retries; returns its path."""
-    from pipeline.storage import write_atomic
-
     path = posixpath.join(manifest_dir(dst_root), relative)
     write_atomic(fs, path, data)  # makes local parent folders; object stores have none
     return path
-
-
-def write_rows(fs, dst_root: str, run_id: str, worker: str, rows: list[dict]) -> str:
-    """Write one worker's rows as a Parquet file; returns its path."""
-    return write_file(fs, dst_root, *rows_part(run_id, worker, rows))
-
-
-def write_run_record(fs, dst_root: str, run_id: str, record: dict) -> str:
-    """The run's JSON record; written after all rows, so its presence marks a finished run."""
-    return write_file(fs, dst_root, *run_record(run_id, record))
 
 
 def read_manifest(fs, dst_root: str) -> pa.Table:

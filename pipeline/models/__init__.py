@@ -62,7 +62,7 @@ def default_model(scale: float | None = None) -> str:
     if not trained:
         return "bicubic"
     if scale is None:
-        return max(trained, key=lambda t: t[0] == 4)[1]
+        return next((name for s, name in trained if s == 4), trained[-1][1])
     if scale <= 1:
         return "bicubic"
     return next((name for s, name in trained if s >= scale), trained[-1][1])
