@@ -7,8 +7,11 @@
 Everything lands in $OUT (or --out), 7 files (the device tool returns at most 8):
 session.json, train.log, x4/{model.safetensors, model.json, metrics.jsonl},
 gpu_throughput.json, engine.json.
-Training data: --data, a folder holding kodak/ and urban-train/ (e.g. a lossless
-WebP copy of ../shared/data, which is not on the GPU machine).
+Training data: --data, a folder holding kodak/ and urban-train/: ../shared/data where
+it is reachable; the lent machine cannot see it, so there a lossless WebP copy of those
+two folders travelled in an ignored folder of the repository (`.traindata`, 47 MB,
+pixel-identical to the PNGs), with imagecodecs' PNG codec beside it (`.icx`), which the
+machine's Python lacks.
 
     python scripts/gpu_session.py --data .traindata --budget 560
 """
