@@ -139,18 +139,17 @@ def is_storage_error(error: BaseException) -> bool:
     """Transient by nature: network, timeouts, 5xx and throttling from the storage client."""
     if isinstance(error, PERMANENT_ERRORS):
         return False
-    if isinstance(error, (OSError, TimeoutError, ConnectionError)):
+    if isinstance(error, OSError):  # ConnectionError and TimeoutError included
         return True
     return any(cls.__module__.split(".")[0] in _CLIENT_MODULES for cls in type(error).__mro__[:-1])
 
 
-def with_retries(action, what: str, attempts: int | None = None, first_delay: float | None = None):
+def with_retries(action, what: str):
     """Run `action()`, retrying transient storage errors (5xx, throttling,
     connection resets, timeouts) with exponential backoff and jitter. Errors
     that retrying cannot fix (missing object, no permission, a corrupt file)
     raise at once; storage that keeps failing raises StorageUnavailable."""
-    attempts = attempts or RETRY_ATTEMPTS
-    delay = RETRY_FIRST_DELAY if first_delay is None else first_delay
+    attempts, delay = RETRY_ATTEMPTS, RETRY_FIRST_DELAY
     give_up_at = time.monotonic() + RETRY_SECONDS
     for attempt in range(1, attempts + 1):
         try:

@@ -19,7 +19,7 @@ from benchmarks.faults import FlakyProxy
 from pipeline import cli, manifest, spool, storage
 from pipeline.runner import RunConfig, run_local
 
-IMAGES = 10
+IMAGES = 16  # enough that some images are still unread when the circuit opens (up to ~8 are in flight)
 
 
 @pytest.fixture
@@ -74,8 +74,9 @@ def test_storage_that_stays_down_ends_the_run_cleanly_and_rerun_completes_it(out
     errors = [f["error"] for f in summary["failures"]]
     assert {f["error_type"] for f in summary["failures"]} == {"StorageUnavailable"}
     not_attempted = sum(e.startswith("not attempted") for e in errors)
-    # The circuit opened after 2 failures; the few images already read or being written still tried.
-    assert not_attempted >= 1 and IMAGES - done - not_attempted <= 2 + 4
+    # The circuit opened after 2 failures; the images already read or being written (the local
+    # executor keeps up to 2 reading, 1 inferring and 3 writing) were still tried.
+    assert not_attempted >= 1 and IMAGES - done - not_attempted <= 2 + 6
     dst_url = spool.dst_url(direct, dst[5:])
     assert sorted(spool.pending(dst_url)) == sorted([f"_runs/{summary['run_id']}.json",
                                                      f"run_id={summary['run_id']}/part-local-0-00000.parquet"])
