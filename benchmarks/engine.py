@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline import imageio
+from pipeline import formats
 from pipeline.models import LoadedModel, load_model, save_model
 from pipeline.models.edsr.arch import EDSR
 from pipeline.runner import RunConfig, run_local
@@ -79,7 +79,7 @@ def floor(files, module, device) -> float:
     started = time.perf_counter()
     with torch.inference_mode():
         for data in files:
-            module(to_tensor(imageio.decode_image(data).pixels, device))
+            module(to_tensor(formats.decode_image(data).pixels, device))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started
@@ -90,7 +90,7 @@ def sequential(files, module, device, out_dir: Path, tile=64, pad=10, scale=4) -
     started = time.perf_counter()
     with torch.inference_mode():
         for index, data in enumerate(files):
-            x = to_tensor(imageio.decode_image(data).pixels, device)
+            x = to_tensor(formats.decode_image(data).pixels, device)
             _, c, h, w = x.shape
             out = torch.zeros(1, c, h * scale, w * scale, device=device)
             for ty in range(math.ceil(h / tile)):
@@ -118,7 +118,7 @@ def main() -> None:
     files = lr_images(args.images)
     model = edsr_baseline(args.weights)
     module = model.module.eval().to(device, memory_format=torch.channels_last)
-    pixels_in = sum(imageio.decode_image(d).pixels.shape[0] * imageio.decode_image(d).pixels.shape[1] for d in files)
+    pixels_in = sum(formats.decode_image(d).pixels.shape[0] * formats.decode_image(d).pixels.shape[1] for d in files)
     mp_out = pixels_in * 16 / 1e6
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +145,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "images": len(files),
-        "lr_size": list(imageio.decode_image(files[0]).pixels.shape[:2]),
+        "lr_size": list(formats.decode_image(files[0]).pixels.shape[:2]),
         "megapixels_out": round(mp_out, 3),
         "seconds": {k: round(v, 3) for k, v in results.items()},
         "megapixels_out_per_second": {k: round(mp_out / v, 4) for k, v in results.items()},

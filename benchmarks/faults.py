@@ -135,7 +135,7 @@ def audit(fs, dst: str, count: int) -> dict:
     """Lost images and duplicated ok rows, from the manifest and the outputs."""
     import pyarrow.parquet as pq
 
-    from pipeline import imageio
+    from pipeline import formats
 
     fs.invalidate_cache()
     root = dst.removeprefix("s3://")
@@ -149,7 +149,7 @@ def audit(fs, dst: str, count: int) -> dict:
     good = set()
     for key in {r["image_id"] for r in ok}:
         try:
-            imageio.decode_image(fs.cat(f"{root}/{key}"))
+            formats.decode_image(fs.cat(f"{root}/{key}"))
             good.add(key)
         except Exception:
             pass

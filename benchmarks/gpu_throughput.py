@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.engine import Upscaler
+from pipeline.inference.engine import Upscaler
 from pipeline.models import LoadedModel
 from pipeline.models.edsr.arch import EDSR
 

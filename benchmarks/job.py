@@ -58,7 +58,7 @@ class GeneratedListing(AbstractFileSystem):
 def plan_driver(keys: int) -> dict:
     """Run in a fresh process so its peak RSS is the planner's own."""
     register_implementation("generated", GeneratedListing, clobber=True)
-    from pipeline.distributed import write_plan
+    from pipeline.run.ray import write_plan
     from pipeline.runner import RunConfig, prepare
 
     with tempfile.TemporaryDirectory() as dst:

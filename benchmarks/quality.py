@@ -1,5 +1,5 @@
 """Quality table: bicubic and every bundled model on Set5 and Set14 at their
-scales, PSNR-Y and SSIM-Y by the paper protocol (`pipeline.evaluate.evaluate`:
+scales, PSNR-Y and SSIM-Y by the paper protocol (`pipeline.ops.evaluate.evaluate`:
 HR cropped to a multiple of the scale, LR by MATLAB bicubic, Y channel,
 `scale` border pixels shaved), beside the published figures from
 ../shared/README.md.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.evaluate import evaluate
+from pipeline.ops.evaluate import evaluate
 from pipeline.models import NAMED_MODELS, load_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -37,9 +37,11 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline import __version__, imageio, manifest, metrics, raster, spool, storage, streaming
-from pipeline import resume as plan_mod
-from pipeline.engine import Upscaler
+from pipeline import __version__, formats, metrics, raster, store, streaming
+from pipeline.store import manifest
+from pipeline.store import spool
+from pipeline.run import resume as plan_mod
+from pipeline.inference.engine import Upscaler
 from pipeline.models import LoadedModel, default_model, load_model
 
 
@@ -55,11 +57,11 @@ class RunConfig:
     precision: str = "auto"
     format: str | None = None
     quality: int = 95
-    compress_level: int = 1  # zlib level for PNG/TIFF (see imageio.encode_image)
+    compress_level: int = 1  # zlib level for PNG/TIFF (see formats.encode_image)
     reference: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS
+    max_pixels: int | None = formats.DEFAULT_MAX_PIXELS
     batch_images: int = 4
     device: str = "auto"
     run_id: str | None = None
@@ -98,10 +100,10 @@ class RunConfig:
 class ImageWork:
     """One image in flight: its source, its row, and the pixels between stages."""
 
-    source: storage.Source
+    source: store.Source
     row: dict
     started: float
-    decoded: imageio.DecodedImage | None = None
+    decoded: formats.DecodedImage | None = None
     output: np.ndarray | None = None
     plan: raster.BandPlan | None = None  # rasters: how bands reach the model
     inputs: list | None = None  # rasters: the model inputs (float32 in [0, 1])
@@ -161,16 +163,16 @@ class Circuit:
     def open(self) -> bool:
         return 0 < self.threshold <= self.streak
 
-    def skip(self, source: storage.Source, template: dict) -> ImageWork:
+    def skip(self, source: store.Source, template: dict) -> ImageWork:
         """The failed work item of an image not attempted while open."""
         work = ImageWork(source, dict(template, image_id=source.key, src_uri=source.uri,
                                       source_version=source.version, started_at=_now()), time.perf_counter())
-        _fail(work, storage.StorageUnavailable(
+        _fail(work, store.StorageUnavailable(
             f"not attempted: storage unreachable ({self.streak} images in a row failed on it; last: {self.last})"))
         return work
 
 
-def read_stage(source: storage.Source, config: RunConfig, template: dict) -> ImageWork:
+def read_stage(source: store.Source, config: RunConfig, template: dict) -> ImageWork:
     """Read and decode one image; failures are recorded, not raised. Rasters also get
     their band plan and model inputs here (in the reader thread); a TIFF over the
     stream threshold only has its header read."""
@@ -178,7 +180,7 @@ def read_stage(source: storage.Source, config: RunConfig, template: dict) -> Ima
                                   source_version=source.version, started_at=_now()), time.perf_counter())
     work.uid_seed = template.get("config_key") or ""
     try:
-        storage.safe_key(source.key)
+        store.safe_key(source.key)
         if config.stream_threshold and streaming.may_stream(source.key):
             job = streaming.probe(source.uri, config.storage_options, threshold=config.stream_threshold,
                                   name=source.uri)
@@ -190,8 +192,8 @@ def read_stage(source: storage.Source, config: RunConfig, template: dict) -> Ima
                 work.row.update(job.row_fields())
                 work.row["seconds_read"] = time.perf_counter() - work.started
                 return work
-        data = storage.read_bytes(source.uri, config.storage_options)
-        decoded = imageio.decode_image(data, name=source.uri, max_pixels=config.max_pixels)
+        data = store.read_bytes(source.uri, config.storage_options)
+        decoded = formats.decode_image(data, name=source.uri, max_pixels=config.max_pixels)
         del data
         h, w, c = decoded.pixels.shape
         work.row.update(width=w, height=h, channels=c, dtype=str(decoded.pixels.dtype),
@@ -211,10 +213,10 @@ def read_stage(source: storage.Source, config: RunConfig, template: dict) -> Ima
 def _local_output_dir(config: RunConfig, key: str) -> str | None:
     """Where a streamed output is written first: the destination folder when the
     destination is local (so a rename finishes it), else the temporary directory."""
-    fs, root = storage.open_location(config.dst, config.storage_options)
-    if "file" not in storage._protocols(fs):
+    fs, root = store.open_location(config.dst, config.storage_options)
+    if "file" not in store._protocols(fs):
         return None
-    folder = posixpath.dirname(posixpath.join(root, storage.safe_key(key)))
+    folder = posixpath.dirname(posixpath.join(root, store.safe_key(key)))
     os.makedirs(folder, exist_ok=True)
     return folder
 
@@ -286,16 +288,16 @@ def finish_stage(work: ImageWork, config: RunConfig, dst_fs, dst_root: str, refe
     elif work.output is not None:
         try:
             decoded, out = work.decoded, work.output
-            fmt, ext = imageio.output_format(decoded.format, config.format)
+            fmt, ext = formats.output_format(decoded.format, config.format)
             dpi_scale = out.shape[1] / decoded.pixels.shape[1]
             derivation = None
             if decoded.format == "dicom":
                 derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": work.uid_seed}
-            data = imageio.encode_image(out, decoded, fmt, quality=config.quality, dpi_scale=dpi_scale,
+            data = formats.encode_image(out, decoded, fmt, quality=config.quality, dpi_scale=dpi_scale,
                                         compress_level=config.compress_level, derivation=derivation)
-            path = posixpath.join(dst_root, storage.output_key(work.source.key, ext))
-            storage.write_atomic(dst_fs, path, data)
-            row.update(status="ok", dst_uri=storage.full_uri(dst_fs, path), out_format=fmt,
+            path = posixpath.join(dst_root, store.output_key(work.source.key, ext))
+            store.write_atomic(dst_fs, path, data)
+            row.update(status="ok", dst_uri=store.full_uri(dst_fs, path), out_format=fmt,
                        out_height=out.shape[0], out_width=out.shape[1])
             row["seconds_write"] = time.perf_counter() - started
             row.update(raster_columns(decoded, work.plan, out.shape, work.uid_seed))
@@ -312,14 +314,14 @@ def finish_stage(work: ImageWork, config: RunConfig, dst_fs, dst_root: str, refe
 def _finish_stream(work: ImageWork, config: RunConfig, dst_fs, dst_root: str, started: float) -> None:
     job, row = work.stream, work.row
     try:
-        fmt, ext = imageio.output_format("tiff", config.format)
+        fmt, ext = formats.output_format("tiff", config.format)
         if fmt != "tiff":
-            raise imageio.ImageEncodeError(f"{work.source.uri} is {job.shape[1]} x {job.shape[0]} pixels and is "
+            raise formats.ImageEncodeError(f"{work.source.uri} is {job.shape[1]} x {job.shape[0]} pixels and is "
                                            f"streamed into a tiled TIFF; --format {fmt} is not possible for it")
-        path = posixpath.join(dst_root, storage.output_key(work.source.key, ext))
+        path = posixpath.join(dst_root, store.output_key(work.source.key, ext))
         _move_into_place(dst_fs, path, job)
         out_h, out_w, _ = job.out_shape
-        row.update(status="ok", dst_uri=storage.full_uri(dst_fs, path), out_format="tiff",
+        row.update(status="ok", dst_uri=store.full_uri(dst_fs, path), out_format="tiff",
                    out_height=out_h, out_width=out_w, stream_windows=job.windows, lr_psnr=job.lr_psnr)
         row["seconds_write"] = time.perf_counter() - started
         row.update(raster_columns(job.like, job.plan if job.like.raster is not None else None, job.out_shape, ""))
@@ -336,28 +338,28 @@ def _finish_stream(work: ImageWork, config: RunConfig, dst_fs, dst_root: str, st
 def _move_into_place(dst_fs, path: str, job: streaming.StreamJob) -> None:
     """The streamed file under its final name, appearing only when complete: a rename
     on a local destination, one upload (a PUT or multipart upload) otherwise."""
-    if "file" in storage._protocols(dst_fs) and job.local_dir is not None:
+    if "file" in store._protocols(dst_fs) and job.local_dir is not None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.replace(job.tmp_path, path)
         job.tmp_path = None
         return
-    storage.with_retries(lambda: dst_fs.put_file(job.tmp_path, path), f"writing {path}")
+    store.with_retries(lambda: dst_fs.put_file(job.tmp_path, path), f"writing {path}")
 
 
-def _derivation_text(row: dict, out: np.ndarray, decoded: imageio.DecodedImage) -> str:
+def _derivation_text(row: dict, out: np.ndarray, decoded: formats.DecodedImage) -> str:
     factor = out.shape[1] / decoded.pixels.shape[1]
     return (f"Super-resolution x{factor:g} by upscaler {__version__}, model {row.get('model')} "
             f"(sha256 {str(row.get('model_sha256') or 'none')[:16]}); in-plane pixel spacing divided by {factor:g}")
 
 
-def raster_columns(decoded: imageio.DecodedImage, plan: raster.BandPlan | None, out_shape: tuple,
+def raster_columns(decoded: formats.DecodedImage, plan: raster.BandPlan | None, out_shape: tuple,
                    uid_seed: str) -> dict:
     """Manifest columns of a raster (null for photos): CRS, geotransforms, nodata, bands,
     radiometric scaling; for DICOM the UIDs and spacings (and nothing about the patient)."""
     info = decoded.raster
     if info is None:
         return {}
-    from pipeline import geo
+    from pipeline.formats import geotiff as geo
 
     columns = {"nodata": geo.nodata_text(info.nodata)}
     if plan is not None:
@@ -368,7 +370,7 @@ def raster_columns(decoded: imageio.DecodedImage, plan: raster.BandPlan | None, 
         columns.update(crs=info.geo.crs(), transform_in=geo.describe_transform(info.geo),
                        transform_out=geo.describe_transform(info.geo.scaled(out_w / in_w, out_h / in_h)))
     if decoded.format == "dicom":
-        from pipeline import dicom
+        from pipeline.formats import dicom
 
         columns.update(dicom.describe(decoded, out_shape, uid_seed))
     return columns
@@ -454,7 +456,7 @@ class Reference:
     or the same stem with any image extension, with an 'x4'-style suffix removed."""
 
     def __init__(self, root: str, storage_options: dict | None = None):
-        self.fs, self.root = storage.open_location(root, storage_options)
+        self.fs, self.root = store.open_location(root, storage_options)
         self.options = storage_options
         self.index: dict[str, str] = {}
         for path in self.fs.find(self.root):
@@ -468,7 +470,7 @@ class Reference:
         for candidate in (stem, re.sub(r"[_-]?x\d+$", "", stem, flags=re.IGNORECASE)):
             if candidate in self.index:
                 path = self.index[candidate]
-                hr = imageio.decode_image(self.fs.cat_file(path), name=path).pixels
+                hr = formats.decode_image(self.fs.cat_file(path), name=path).pixels
                 h, w = shape[:2]
                 if hr.shape[0] < h or hr.shape[1] < w or hr.shape[2] != shape[2]:
                     raise ValueError(f"reference {path} is {hr.shape}, output is {tuple(shape)}")
@@ -487,17 +489,17 @@ class Prepared:
     config_key: str
     dst_fs: object
     dst_root: str
-    sources: Iterator[storage.Source]  # the images to do, streamed
+    sources: Iterator[store.Source]  # the images to do, streamed
     plan: plan_mod.Plan
 
 
 def prepare(config: RunConfig, model: LoadedModel | None = None) -> Prepared:
     """Load the model (for its sha256), read earlier runs, start the filtered listing."""
-    run_id = config.run_id or storage.new_run_id()
+    run_id = config.run_id or store.new_run_id()
     started_at = _now()
     model = model or load_model(config.model, scale=_model_scale_hint(config), storage_options=config.storage_options)
     key = plan_mod.config_key(model.sha256 or model.name, config)
-    dst_fs, dst_root = storage.open_location(config.dst, config.storage_options)
+    dst_fs, dst_root = store.open_location(config.dst, config.storage_options)
     dst_fs.invalidate_cache()  # other processes (workers, earlier runs) changed it
     spool.upload(dst_fs, dst_root, spool.dst_url(dst_fs, dst_root))  # rows an earlier run could not write
     _remove_finished_plans(dst_fs, dst_root)
@@ -505,7 +507,7 @@ def prepare(config: RunConfig, model: LoadedModel | None = None) -> Prepared:
     if config.from_list:
         listing = plan_mod.sources_from_list(config.from_list, config.src, config.storage_options)
     else:
-        listing = storage.list_sources(config.src, include=config.include, exclude=config.exclude,
+        listing = store.list_sources(config.src, include=config.include, exclude=config.exclude,
                                        storage_options=config.storage_options)
     counts = plan_mod.Plan()
     sources = plan_mod.to_do(listing, prior, dst_fs, config.force, counts,
@@ -570,7 +572,7 @@ class RowSink:
             try:
                 manifest.write_file(self.p.dst_fs, self.p.dst_root, relative, data)
                 return
-            except storage.StorageUnavailable as error:
+            except store.StorageUnavailable as error:
                 self.storage_error = str(error)
         url = spool.dst_url(self.p.dst_fs, self.p.dst_root)
         spool.keep(url, relative, data)
@@ -640,7 +642,7 @@ def finish_run(p: Prepared, sink: RowSink, *, executor: str, engine: dict, extra
         "megapixels_in": round(sink.megapixels[0], 6),
         "megapixels_out": round(sink.megapixels[1], 6),
         "device_seconds": round(sink.device_seconds, 3),
-        "manifest": storage.full_uri(p.dst_fs, manifest.manifest_dir(p.dst_root)),
+        "manifest": store.full_uri(p.dst_fs, manifest.manifest_dir(p.dst_root)),
         "failures": sink.failures,
     }
     model = p.model

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tifffile
 
-from pipeline import imageio, raster, storage
+from pipeline import formats, raster, store
 
 DEFAULT_STREAM_THRESHOLD = 4096 * 4096
 OUTPUT_TILE = 1024  # about this many output pixels per TIFF tile side
@@ -67,7 +67,7 @@ class StreamJob:
     uri: str
     storage_options: dict = field(repr=False)
     name: str
-    like: imageio.DecodedImage  # header-only: pixels is a zero-strided view of the right shape
+    like: formats.DecodedImage  # header-only: pixels is a zero-strided view of the right shape
     band_mode: str = "rgb+gray"
     radiometric: str = "auto"
     compress_level: int = 1
@@ -126,27 +126,27 @@ def probe(uri: str, storage_options: dict, *, threshold: int, name: str = "") ->
                 return None
             if page.is_subsampled or page.imagedepth > 1 or page.dtype is None:
                 return None
-            layout = imageio.tiff_layout(page, name or uri)
+            layout = formats.tiff_layout(page, name or uri)
             if layout is None:
                 return None  # palette / CMYK / bilevel: Pillow decodes those in memory
             info_raster, info = layout
             georeferenced = info_raster is not None and info_raster.geo is not None \
                 and info_raster.geo.georeferenced
-            if not georeferenced and page.tags.valueof(imageio.ORIENTATION, 1) != 1:
+            if not georeferenced and page.tags.valueof(formats.ORIENTATION, 1) != 1:
                 return None
             bands = page.samplesperpixel
             shape = (page.imagelength, page.imagewidth, bands)
             dtype = page.dtype.newbyteorder("=")  # native, as decoded
             pixels = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0, 0, 0))
-            mode = imageio.tiff_mode(pixels, info_raster)
+            mode = formats.tiff_mode(pixels, info_raster)
             info = dict(info, frames=len(tif.pages))
-            dpi = imageio._tiff_dpi(page)
+            dpi = formats._tiff_dpi(page)
             if dpi:
                 info["dpi"] = dpi
-            return imageio.DecodedImage(pixels=pixels, format="tiff", mode=mode, info=info,
+            return formats.DecodedImage(pixels=pixels, format="tiff", mode=mode, info=info,
                                         icc_profile=page.tags.valueof(34675) or None, raster=info_raster)
 
-    like = storage.with_retries(read_header, f"reading the header of {uri}")
+    like = store.with_retries(read_header, f"reading the header of {uri}")
     if like is None:
         return None
     return StreamJob(uri=uri, storage_options=storage_options, name=name or uri, like=like)
@@ -334,9 +334,9 @@ def _release_freed_memory() -> None:
 _TRIM = None
 
 
-def _tiff_options(like: imageio.DecodedImage, out_h: int, out_w: int) -> dict:
+def _tiff_options(like: formats.DecodedImage, out_h: int, out_w: int) -> dict:
     if like.raster is not None:
-        return imageio.raster_tiff_options(like, out_h, out_w)
+        return formats.raster_tiff_options(like, out_h, out_w)
     bands = like.pixels.shape[2]
     options = {"photometric": "rgb" if bands >= 3 else "minisblack", "metadata": None,
                "planarconfig": "contig" if bands > 1 else None}

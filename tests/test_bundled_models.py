@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.evaluate import evaluate
+from pipeline.ops.evaluate import evaluate
 from pipeline.models import NAMED_MODELS, WEIGHTS_DIR, default_model, load_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -11,9 +11,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pipeline import imageio
+from pipeline import formats
 from pipeline.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
-from pipeline.manifest import COLUMNS
+from pipeline.store.manifest import COLUMNS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -64,12 +64,12 @@ def test_run_upscales_every_image_at_the_same_relative_path_and_records_failures
     assert code == EXIT_SOME_FAILED
     assert (summary["ok"], summary["failed"], summary["skipped"]) == (5, 3, 0)
 
-    rgb = imageio.decode_image((dst / "a" / "rgb.png").read_bytes())
+    rgb = formats.decode_image((dst / "a" / "rgb.png").read_bytes())
     assert rgb.pixels.shape == (24, 20, 3) and rgb.pixels.dtype == np.uint8
-    gray = imageio.decode_image((dst / "a" / "b" / "gray.png").read_bytes())
+    gray = formats.decode_image((dst / "a" / "b" / "gray.png").read_bytes())
     assert gray.pixels.shape == (18, 28, 1)
-    assert imageio.decode_image((dst / "rgba.png").read_bytes()).pixels.shape == (16, 16, 4)
-    deep = imageio.decode_image((dst / "deep.tif").read_bytes())
+    assert formats.decode_image((dst / "rgba.png").read_bytes()).pixels.shape == (16, 16, 4)
+    deep = formats.decode_image((dst / "deep.tif").read_bytes())
     assert deep.pixels.dtype == np.uint16 and deep.pixels.shape == (20, 12, 3) and deep.pixels.max() > 255
     assert (dst / "photo.jpg").exists()
     assert not any(name.endswith(".tmp") or name.startswith(".") for _, _, files in os.walk(dst) for name in files)
@@ -100,7 +100,7 @@ def test_run_exits_zero_when_everything_succeeds(tmp_path, capsys):
     src.mkdir()
     (src / "one.png").write_bytes(png(gradient(8, 8)))
     assert run_cli("run", src, tmp_path / "dst", "--model", "bicubic", "--scale", "3", "--executor", "local") == EXIT_OK
-    assert imageio.decode_image((tmp_path / "dst" / "one.png").read_bytes()).pixels.shape == (24, 24, 3)
+    assert formats.decode_image((tmp_path / "dst" / "one.png").read_bytes()).pixels.shape == (24, 24, 3)
 
 
 def test_format_option_converts_the_output(tmp_path):
@@ -142,7 +142,7 @@ def test_memory_filesystem_source_and_destination(capsys):
     fs = fsspec.filesystem("memory")
     fs.pipe("/cli-src/x/one.png", png(gradient(8, 8)))
     assert run_cli("run", "memory://cli-src", "memory://cli-dst", "--model", "bicubic", "--scale", "2") == EXIT_OK
-    assert imageio.decode_image(fs.cat("/cli-dst/x/one.png")).pixels.shape == (16, 16, 3)
+    assert formats.decode_image(fs.cat("/cli-dst/x/one.png")).pixels.shape == (16, 16, 3)
     assert fs.glob("/cli-dst/_manifest/run_id=*/*.parquet")
 
 
@@ -191,9 +191,9 @@ def test_demo_writes_samples_in_every_claimed_layout_and_upscales_them_all(tmp_p
     assert main(["demo", str(tmp_path), "--executor", "local", "--json"]) == EXIT_OK
     summary = json.loads(capsys.readouterr().out)
     assert (summary["ok"], summary["failed"]) == (6, 0)
-    alpha = imageio.decode_image((tmp_path / "upscaled" / "alpha" / "astronaut-cutout.png").read_bytes())
-    deep = imageio.decode_image((tmp_path / "upscaled" / "16bit" / "rocket.tif").read_bytes())
-    gray = imageio.decode_image((tmp_path / "upscaled" / "gray" / "camera.png").read_bytes())
+    alpha = formats.decode_image((tmp_path / "upscaled" / "alpha" / "astronaut-cutout.png").read_bytes())
+    deep = formats.decode_image((tmp_path / "upscaled" / "16bit" / "rocket.tif").read_bytes())
+    gray = formats.decode_image((tmp_path / "upscaled" / "gray" / "camera.png").read_bytes())
     assert alpha.pixels.shape[2] == 4 and deep.pixels.dtype == np.uint16 and gray.pixels.shape[2] == 1
 
 

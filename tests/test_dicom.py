@@ -13,8 +13,8 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
 
 from pipeline import metrics  # noqa: E402
-from pipeline.engine import Upscaler  # noqa: E402
-from pipeline.imageio import decode_image  # noqa: E402
+from pipeline.inference.engine import Upscaler  # noqa: E402
+from pipeline.formats import decode_image  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.runner import RunConfig, run_local  # noqa: E402
 
@@ -175,7 +175,7 @@ def test_other_transfer_syntaxes_are_read_and_written_uncompressed_little_endian
     decoded = decode_image(bundled(name).read_bytes(), name=name)
     reference = decode_image(bundled("MR_small.dcm").read_bytes())
     np.testing.assert_array_equal(decoded.pixels, reference.pixels)
-    from pipeline.imageio import encode_image
+    from pipeline.formats import encode_image
 
     out = pydicom.dcmread(__import__("io").BytesIO(encode_image(decoded.pixels, decoded)))
     assert out.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import imageio
+from pipeline import formats
 from pipeline.cli import EXIT_OK, EXIT_SOME_FAILED, main
 from pipeline.models import LoadedModel, save_model
 from pipeline.models.edsr.arch import EDSR
@@ -90,7 +90,7 @@ def test_ray_run_reads_and_writes_s3_and_matches_the_local_executor(bucket, caps
         key = f"dir{i % 2}/img{i}.png"
         ray_bytes, local_bytes = fs.cat(f"{root}/out-ray/{key}"), fs.cat(f"{root}/out-local/{key}")
         assert ray_bytes == local_bytes
-        assert imageio.decode_image(ray_bytes).pixels.shape == (48, 40, 3)
+        assert formats.decode_image(ray_bytes).pixels.shape == (48, 40, 3)
     ray_rows = sorted(manifest_rows(fs, f"{url}/out-ray"), key=lambda r: r["image_id"])
     local_rows = sorted(manifest_rows(fs, f"{url}/out-local"), key=lambda r: r["image_id"])
     assert [r["image_id"] for r in ray_rows] == [f"dir{i % 2}/img{i}.png" for i in sorted(range(6), key=lambda i: f"dir{i % 2}/img{i}")]
@@ -172,5 +172,5 @@ def test_killing_a_worker_mid_run_loses_no_image_and_duplicates_none(tmp_path, c
     rows = pq.read_table(str(tmp_path / "dst" / "_manifest")).to_pylist()  # the folder reads as one table
     assert sorted(r["image_id"] for r in rows) == sorted(f"img{i:02d}.png" for i in range(count))
     for i in range(count):
-        assert imageio.decode_image((tmp_path / "dst" / f"img{i:02d}.png").read_bytes()).pixels.shape == (256, 256, 3)
+        assert formats.decode_image((tmp_path / "dst" / f"img{i:02d}.png").read_bytes()).pixels.shape == (256, 256, 3)
     assert not [p for p in (tmp_path / "dst").rglob("*") if p.name.endswith(".tmp")]

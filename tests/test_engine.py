@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.engine import Upscaler
+from pipeline.inference.engine import Upscaler
 from pipeline.models import LoadedModel, load_model
 from pipeline.models.edsr.arch import EDSR
-from pipeline.resize import resize_torch
+from pipeline.inference.resize import resize_torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ANIME = SHARED / "weights" / "realesr-animevideov3.pth"

@@ -11,11 +11,12 @@ import pytest
 import tifffile
 import torch
 
-from pipeline import geo, metrics, raster
-from pipeline.engine import Upscaler
-from pipeline.imageio import decode_image, encode_image
+from pipeline import metrics, raster
+from pipeline.formats import geotiff as geo
+from pipeline.inference.engine import Upscaler
+from pipeline.formats import decode_image, encode_image
 from pipeline.models import LoadedModel, load_model
-from pipeline.resize import imresize
+from pipeline.inference.resize import imresize
 from pipeline.runner import RunConfig, run_local
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -343,7 +344,7 @@ def local_ray():
 
 @needs_geo
 def test_landsat_through_the_ray_executor_matches_the_local_executor(sample_runs, local_ray, tmp_path):
-    from pipeline.distributed import RayOptions, run_ray
+    from pipeline.run.ray import RayOptions, run_ray
 
     src = tmp_path / "src"
     src.mkdir()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.metrics import LPIPS, lpips_value, lr_psnr, psnr, rgb_to_y, sam_degrees, ssim
-from pipeline.resize import imresize
+from pipeline.inference.resize import imresize
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"

@@ -21,8 +21,8 @@ from torch import nn
 
 from pipeline.models import ModelLoadError, list_models, load_model, read_state_dict, save_model
 from pipeline.models import edsr, rcan
-from pipeline.resize import resize_torch
-from pipeline.tiling import Stitcher, plan_tiles
+from pipeline.inference.resize import resize_torch
+from pipeline.inference.tiling import Stitcher, plan_tiles
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ANIMEVIDEO = SHARED / "weights" / "realesr-animevideov3.pth"

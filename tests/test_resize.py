@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.resize import contributions, imresize, resize_torch
+from pipeline.inference.resize import contributions, imresize, resize_torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
@@ -216,7 +216,7 @@ def test_resize_torch_rejects_integer_tensors():
 
 
 def test_resize_torch_reuses_cached_weight_matrices():
-    from pipeline.resize import _weight_matrix
+    from pipeline.inference.resize import _weight_matrix
 
     x = torch.rand(1, 3, 21, 23)
     resize_torch(x, (42, 46))

@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from pipeline import streaming
-from pipeline.engine import Upscaler
+from pipeline.inference.engine import Upscaler
 from pipeline.models import load_model
 from pipeline.runner import RunConfig, run_local
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.tiling import Stitcher, blend_window, plan_tiles
+from pipeline.inference.tiling import Stitcher, blend_window, plan_tiles
 
 
 @pytest.mark.parametrize("height,width,tile,overlap", [(37, 53, 16, 6), (100, 7, 32, 8), (64, 64, 64, 16), (5, 5, 32, 8)])

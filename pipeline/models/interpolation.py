@@ -24,7 +24,7 @@ class Interpolation(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from pipeline.resize import resize_torch  # imported late: only needed when run
+        from pipeline.inference.resize import resize_torch  # imported late: only needed when run
 
         h, w = x.shape[-2:]
         return resize_torch(x, (h * self.scale, w * self.scale), kernel=self.kernel)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from pipeline import imageio, storage
-from pipeline.resize import imresize
+from pipeline import formats, store
+from pipeline.inference.resize import imresize
 
 from .config import DataConfig
 
@@ -56,17 +56,17 @@ def make_pair(key: str, pixels: np.ndarray, scale: int, max_side: int = 0) -> Pa
     return Pair(key, hr, imresize(hr, 1 / scale))
 
 
-def list_images(url: str, storage_options: dict | None = None) -> list[storage.Source]:
-    return sorted(storage.list_sources(url, storage_options=storage_options), key=lambda s: s.key)
+def list_images(url: str, storage_options: dict | None = None) -> list[store.Source]:
+    return sorted(store.list_sources(url, storage_options=storage_options), key=lambda s: s.key)
 
 
-def load_pairs(sources: list[storage.Source], scale: int, storage_options: dict | None = None,
+def load_pairs(sources: list[store.Source], scale: int, storage_options: dict | None = None,
                max_side: int = 0, scale_augment: list[float] = ()) -> list[Pair]:
     """One pair per image, plus one per `scale_augment` factor: the image
     downscaled by that factor (MATLAB bicubic) and then treated as an HR image."""
     pairs = []
     for source in sources:
-        decoded = imageio.decode_image(storage.read_bytes(source.uri, storage_options), name=source.uri)
+        decoded = formats.decode_image(store.read_bytes(source.uri, storage_options), name=source.uri)
         pairs.append(make_pair(source.key, decoded.pixels, scale, max_side))
         for factor in scale_augment:
             smaller = imresize(pairs[-1].hr, factor)
@@ -81,7 +81,7 @@ def _names(key: str) -> set[str]:
     return {key, base, posixpath.splitext(base)[0]}
 
 
-def split_sources(cfg: DataConfig) -> tuple[list[storage.Source], list[storage.Source]]:
+def split_sources(cfg: DataConfig) -> tuple[list[store.Source], list[store.Source]]:
     """(training, validation) sources. Validation images named in
     `val_images` (by key, file name or stem) are removed from the training set."""
     train = []

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import metrics, storage
+from pipeline import metrics, store
 from pipeline.models import LoadedModel, save_model
 
 from .config import Config
@@ -67,7 +67,7 @@ def pick_device(name: str) -> torch.device:
 def run_summary(cfg: Config) -> dict:
     """What a finished run left in train.out: step of the newest checkpoint,
     the last metrics record and the last validation PSNR."""
-    fs, root = storage.open_location(cfg.train.out, cfg.data.storage_options)
+    fs, root = store.open_location(cfg.train.out, cfg.data.storage_options)
     found = sorted(fs.glob(f"{root}/checkpoints/step-*.pt"))
     step = int(found[-1].rsplit("-", 1)[-1].split(".")[0]) if found else 0
     records = []
@@ -100,7 +100,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest conv once
         seed_everything(cfg.train.seed)
-        self.fs, self.root = storage.open_location(cfg.train.out, cfg.data.storage_options)
+        self.fs, self.root = store.open_location(cfg.train.out, cfg.data.storage_options)
 
         self.net, self.arch_name, self.model_config = build_model(cfg.model.arch, cfg.model.scale, cfg.model.options)
         if cfg.model.init_from and not self.checkpoints():  # a resumed run has its own weights
@@ -173,7 +173,7 @@ class Trainer:
             buffer = io.BytesIO()
             torch.save(self.state(), buffer)
             self.fs.makedirs(self._path("checkpoints"), exist_ok=True)
-            storage.write_atomic(self.fs, path, buffer.getvalue())
+            store.write_atomic(self.fs, path, buffer.getvalue())
             for old in self.checkpoints()[: -self.cfg.train.keep_checkpoints]:
                 self.fs.rm(old)
             self.export(self.fs.unstrip_protocol(self._path("model.safetensors")))

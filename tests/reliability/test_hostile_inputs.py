@@ -14,7 +14,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms
 
-from pipeline import imageio
+from pipeline import formats
 from pipeline.cli import main
 
 
@@ -146,7 +146,7 @@ def test_every_hostile_input_is_either_upscaled_or_a_failed_row_and_nothing_else
     for key in GOOD:
         row = rows[key]
         assert row["status"] == "ok", (key, row["error"])
-        out = imageio.decode_image(open(row["dst_uri"].removeprefix("file://"), "rb").read())
+        out = formats.decode_image(open(row["dst_uri"].removeprefix("file://"), "rb").read())
         assert out.pixels.shape[:2] == (row["out_height"], row["out_width"]) == (2 * row["height"], 2 * row["width"])
     for key in expected_bad:
         row = rows[key]

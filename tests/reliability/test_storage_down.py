@@ -16,7 +16,9 @@ import s3fs
 from PIL import Image
 
 from benchmarks.faults import FlakyProxy
-from pipeline import cli, manifest, spool, storage
+from pipeline import cli, store
+from pipeline.store import manifest
+from pipeline.store import spool
 from pipeline.runner import RunConfig, run_local
 
 IMAGES = 16  # enough that some images are still unread when the circuit opens (up to ~8 are in flight)
@@ -46,7 +48,7 @@ def cut_after_outputs(monkeypatch, proxy, count: int) -> list[str]:
     """Storage goes down for good right after the `count`-th output is written.
     Returns the outputs written (a second writer thread may finish one more)."""
     written = []
-    real = storage.write_atomic
+    real = store.write_atomic
 
     def write_atomic(fs, path, data):
         real(fs, path, data)

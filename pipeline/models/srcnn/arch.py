@@ -31,7 +31,7 @@ class SRCNN(nn.Module):
         self.conv3 = nn.Conv2d(num_feat[1], num_out_ch, k3, padding=k3 // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from pipeline.resize import resize_torch
+        from pipeline.inference.resize import resize_torch
 
         h, w = x.shape[-2:]
         x = resize_torch(x, (h * self.scale, w * self.scale), kernel="cubic")

@@ -167,14 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
-    from pipeline import imageio
+    from pipeline import formats
     from pipeline.runner import RunConfig
 
     return RunConfig(
         src=args.src, dst=args.dst, model=args.model, scale=args.scale,
         tile=args.tile, overlap=args.overlap, precision=args.precision, format=args.format,
         quality=args.quality, compress_level=args.compress_level, reference=args.reference, include=tuple(args.include),
-        exclude=tuple(args.exclude), max_pixels=args.max_pixels or imageio.DEFAULT_MAX_PIXELS,
+        exclude=tuple(args.exclude), max_pixels=args.max_pixels or formats.DEFAULT_MAX_PIXELS,
         batch_images=max(1, getattr(args, "batch_size", 4)), device=args.device, run_id=args.run_id,
         force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
@@ -186,7 +186,7 @@ def config_from_args(args):
 def cmd_run(args) -> int:
     config = config_from_args(args)
     if args.max_cost is not None:
-        from pipeline.costs import estimate
+        from pipeline.ops.plan import estimate
 
         if args.gpu_hour_price is None:
             raise ValueError("--max-cost needs --gpu-hour-price to turn device-seconds into money")
@@ -200,7 +200,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from pipeline.costs import estimate
+    from pipeline.ops.plan import estimate
 
     planned = estimate(config_from_args(args), gpu_hour_price=args.gpu_hour_price,
                        include_quarantined=args.include_quarantined).as_dict()
@@ -217,7 +217,7 @@ def _print_plan(planned: dict, as_json: bool) -> None:
 
 
 def cmd_calibrate(args) -> int:
-    from pipeline.costs import calibrate
+    from pipeline.ops.plan import calibrate
     from pipeline.models import default_model
 
     result = calibrate(args.model or default_model(None), device=args.device, tile=args.tile,
@@ -261,14 +261,14 @@ def cmd_submit(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pipeline.report import write_report
+    from pipeline.ops.report import write_report
 
     print(write_report(args.dst, args.run_id, dict(args.storage_option)))
     return EXIT_OK
 
 
 def cmd_runs(args) -> int:
-    from pipeline.runs import list_runs
+    from pipeline.ops.runs import list_runs
 
     rows = list_runs(args.dst, dict(args.storage_option), gpu_hour_price=args.gpu_hour_price)
     if args.json:
@@ -296,7 +296,7 @@ def _summary(config, args) -> dict:
         from pipeline.runner import run_local
 
         return run_local(config, progress=args.progress)
-    from pipeline.distributed import RayOptions, run_ray
+    from pipeline.run.ray import RayOptions, run_ray
 
     options = RayOptions(address=args.address, workers=args.workers,
                          cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker)
@@ -327,7 +327,7 @@ def _report(summary: dict, args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from pipeline.evaluate import evaluate
+    from pipeline.ops.evaluate import evaluate
     from pipeline.models import default_model
 
     result = evaluate(args.hr, args.scale, args.model or default_model(args.scale), lr=args.lr,
@@ -343,14 +343,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_rerun(args) -> int:
-    from pipeline.rerun import plan_rerun
+    from pipeline.ops.rerun import plan_rerun
 
     groups = plan_rerun(args.dst, dict(args.storage_option))
     failed, missing = sum(g.failed for g in groups), sum(g.missing for g in groups)
     print(f"rerun: {failed + missing} images ({failed} failed, {missing} outputs missing) "
           f"from {len(groups)} earlier run(s)", file=sys.stderr)
     if args.dry_run:
-        from pipeline.costs import estimate
+        from pipeline.ops.plan import estimate
 
         plans = [estimate(g.config, gpu_hour_price=args.gpu_hour_price).as_dict() for g in groups]
         result = {"todo": failed + missing, "failed": failed, "missing": missing, "runs": len(groups)}
@@ -379,7 +379,7 @@ def cmd_rerun(args) -> int:
 def cmd_demo(args) -> int:
     import posixpath
 
-    from pipeline.samples import write_samples
+    from pipeline.ops.samples import write_samples
 
     root = args.dir.rstrip("/")
     written = write_samples(posixpath.join(root, "samples"))
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as error:
-        from pipeline.storage import is_storage_error
+        from pipeline.store import is_storage_error
 
         if not is_storage_error(error):
             raise

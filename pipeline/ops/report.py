@@ -19,7 +19,8 @@ import random
 import numpy as np
 from PIL import Image
 
-from pipeline import imageio, manifest, storage
+from pipeline import formats, store
+from pipeline.store import manifest
 
 CROP = 160  # output pixels per side of a before/after crop
 
@@ -48,8 +49,8 @@ def _histogram_svg(values: list[float], title: str, unit: str, bins: int = 20) -
 def _crop_pair(row: dict, storage_options: dict | None) -> bytes | None:
     """Input (nearest-neighbour enlarged) beside the output, centre crop, as PNG."""
     try:
-        before = imageio.decode_image(storage.read_bytes(row["src_uri"], storage_options)).pixels
-        after = imageio.decode_image(storage.read_bytes(row["dst_uri"], storage_options)).pixels
+        before = formats.decode_image(store.read_bytes(row["src_uri"], storage_options)).pixels
+        after = formats.decode_image(store.read_bytes(row["dst_uri"], storage_options)).pixels
     except Exception:
         return None
     def to8(a: np.ndarray) -> np.ndarray:
@@ -74,7 +75,7 @@ def _crop_pair(row: dict, storage_options: dict | None) -> bytes | None:
 def write_report(dst: str, run_id: str | None = None, storage_options: dict | None = None,
                  samples: int = 6, worst: int = 6) -> str:
     """Write DST/_report/<run_id>/index.html (and its crops); returns its URI."""
-    fs, root = storage.open_location(dst, storage_options)
+    fs, root = store.open_location(dst, storage_options)
     table = manifest.read_manifest(fs, root)
     if table.num_rows == 0:
         raise FileNotFoundError(f"no manifest rows under {dst}")
@@ -151,4 +152,4 @@ window.addEventListener("load", () => {{
 """
     path = posixpath.join(out_dir, "index.html")
     fs.pipe_file(path, page.encode())
-    return storage.full_uri(fs, path)
+    return store.full_uri(fs, path)

@@ -13,7 +13,9 @@ import os
 import tempfile
 from dataclasses import dataclass, fields
 
-from pipeline import manifest, spool, storage
+from pipeline import store
+from pipeline.store import manifest
+from pipeline.store import spool
 from pipeline.runner import RunConfig
 
 
@@ -37,7 +39,7 @@ def latest_rows(fs, dst_root: str) -> list[dict]:
 
 def plan_rerun(dst: str, storage_options: dict | None = None) -> list[RerunGroup]:
     """One group per earlier run whose images need redoing, with that run's settings."""
-    fs, root = storage.open_location(dst, storage_options)
+    fs, root = store.open_location(dst, storage_options)
     spool.upload(fs, root, spool.dst_url(fs, root))  # rows a run could not write while storage was down
     by_run: dict[str, dict[str, list[str]]] = {}
     for row in latest_rows(fs, root):

@@ -18,7 +18,7 @@ import posixpath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import write_atomic
+from pipeline.store import write_atomic
 
 SCHEMA = pa.schema(
     [

@@ -21,7 +21,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipeline import manifest, storage
+from pipeline import store
+from pipeline.store import manifest
 
 
 def spool_dir(dst_url: str) -> Path:
@@ -71,4 +72,4 @@ def upload(dst_fs, dst_root: str, dst_url: str) -> int:
 
 def dst_url(dst_fs, dst_root: str) -> str:
     """The key a destination is spooled under: its full URL."""
-    return storage.full_uri(dst_fs, dst_root)
+    return store.full_uri(dst_fs, dst_root)

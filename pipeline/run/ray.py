@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline import manifest, resume as plan_mod
+from pipeline.store import manifest
+from pipeline.run import resume as plan_mod
 from pipeline.runner import (Circuit, RowSink, RunConfig, base_row, finish_run, finish_stage, infer_stage, prepare,
                              read_stage, Reference)
 
@@ -76,26 +77,26 @@ class UpscaleWorker:
 
         import torch
 
-        from pipeline.engine import Upscaler
+        from pipeline.inference.engine import Upscaler
         from pipeline.models import load_model
         from pipeline.runner import _model_scale_hint
-        from pipeline import storage
+        from pipeline import store
 
         torch.set_num_threads(max(1, int(cpus)))
         self.config = config
         model = load_model(config.model, scale=_model_scale_hint(config), storage_options=config.storage_options)
         self.upscaler = Upscaler(model, device=config.device, precision=config.precision,
                                  tile=config.tile, overlap=config.overlap)
-        self.dst_fs, self.dst_root = storage.open_location(config.dst, config.storage_options)
+        self.dst_fs, self.dst_root = store.open_location(config.dst, config.storage_options)
         self.reference = Reference(config.reference, config.storage_options) if config.reference else None
         worker = f"{socket.gethostname()}-{os.getpid()}"
         self.template = base_row(config, run_id, model, self.upscaler, worker=worker, config_key=config_key)
         self.circuit = Circuit(config.storage_failures)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from pipeline import storage
+        from pipeline import store
 
-        sources = [storage.Source(r["uri"], r["key"], r["size"], r["version"]) for r in batch.to_pylist()]
+        sources = [store.Source(r["uri"], r["key"], r["size"], r["version"]) for r in batch.to_pylist()]
         group = [self.circuit.skip(s, self.template) if self.circuit.open else read_stage(s, self.config, self.template)
                  for s in sources]
         infer_stage(group, self.upscaler, self.config.scale, self.config.time_limit)
@@ -123,7 +124,7 @@ def write_plan(p, plan_dir: str) -> list[str]:
 
 
 def run_ray(config: RunConfig, options: RayOptions | None = None, *, progress: bool = False) -> dict:
-    from pipeline import storage
+    from pipeline import store
 
     if config.dst.startswith("memory://") or config.src.startswith("memory://"):
         raise ValueError("memory:// lives inside one process; Ray workers cannot see it: use --executor local")

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from pipeline.models import LoadedModel
-from pipeline.resize import resize_torch
-from pipeline.tiling import Stitcher, Tile, plan_tiles
+from pipeline.inference.resize import resize_torch
+from pipeline.inference.tiling import Stitcher, Tile, plan_tiles
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import posixpath
 
-from pipeline import manifest, storage
+from pipeline import store
+from pipeline.store import manifest
 
 
 def list_runs(dst: str, storage_options: dict | None = None, *, gpu_hour_price: float | None = None) -> list[dict]:
-    fs, root = storage.open_location(dst, storage_options)
+    fs, root = store.open_location(dst, storage_options)
     runs_dir = posixpath.join(manifest.manifest_dir(root), "_runs")
     table = manifest.read_manifest(fs, root)
     device_seconds: dict[str, float] = {}

@@ -13,10 +13,10 @@ import re
 
 import numpy as np
 
-from pipeline import imageio, metrics, storage
-from pipeline.engine import Upscaler
+from pipeline import formats, metrics, store
+from pipeline.inference.engine import Upscaler
 from pipeline.models import load_model
-from pipeline.resize import imresize
+from pipeline.inference.resize import imresize
 
 
 def _as_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -27,7 +27,7 @@ def _as_rgb(pixels: np.ndarray) -> np.ndarray:
 
 def _lr_index(lr_dir: str, storage_options: dict | None) -> dict[str, str]:
     """LR files by the stem of their HR image ('babyx4.png' -> 'baby')."""
-    fs, root = storage.open_location(lr_dir, storage_options)
+    fs, root = store.open_location(lr_dir, storage_options)
     index = {}
     for path in fs.find(root):
         stem = posixpath.splitext(posixpath.basename(path))[0]
@@ -53,8 +53,8 @@ def evaluate(
     upscaler = Upscaler(loaded, device=device, precision=precision, tile=tile, overlap=overlap)
     lr_files = _lr_index(lr, storage_options) if lr else {}
     images = []
-    for source in storage.list_sources(hr, storage_options=storage_options):
-        hr_pixels = _as_rgb(imageio.decode_image(storage.read_bytes(source.uri, storage_options),
+    for source in store.list_sources(hr, storage_options=storage_options):
+        hr_pixels = _as_rgb(formats.decode_image(store.read_bytes(source.uri, storage_options),
                                                  name=source.uri).pixels)
         h, w = (hr_pixels.shape[0] // scale) * scale, (hr_pixels.shape[1] // scale) * scale
         hr_pixels = hr_pixels[:h, :w]
@@ -62,7 +62,7 @@ def evaluate(
         if lr:
             if stem not in lr_files:
                 raise FileNotFoundError(f"no LR image for {source.key} under {lr}")
-            lr_pixels = _as_rgb(imageio.decode_image(storage.read_bytes(lr_files[stem], storage_options),
+            lr_pixels = _as_rgb(formats.decode_image(store.read_bytes(lr_files[stem], storage_options),
                                                      name=lr_files[stem]).pixels)
         else:
             lr_pixels = imresize(hr_pixels, 1 / scale)

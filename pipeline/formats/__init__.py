@@ -44,7 +44,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from pipeline import geo as geo_mod
+from pipeline.formats import geotiff as geo_mod
 from pipeline.raster import RasterInfo
 
 # 400 Mpx (20000 x 20000) fits the largest camera captures (pixel-shift medium format)
@@ -148,7 +148,7 @@ def decode_image(
         if fmt == "tiff":
             return _decode_tiff(data, label, max_pixels)
         if fmt == "dicom":
-            from pipeline import dicom
+            from pipeline.formats import dicom
 
             return dicom.decode(data, label, max_pixels)
         return _decode_pillow(data, fmt, label, max_pixels)
@@ -492,7 +492,7 @@ def encode_image(
     if like.format == "dicom" or fmt == "dicom":
         if like.format != "dicom" or fmt != "dicom":
             raise ImageEncodeError("DICOM is written only from DICOM input, and DICOM input only as DICOM")
-        from pipeline import dicom
+        from pipeline.formats import dicom
 
         try:
             return dicom.encode(pixels, like, **(derivation or {}))

@@ -20,7 +20,7 @@ import torch
 from scipy.ndimage import correlate1d
 from torch import nn
 
-from pipeline.resize import imresize
+from pipeline.inference.resize import imresize
 
 BACKBONE_ENV = "UPSCALER_LPIPS_BACKBONE"
 LIN_ENV = "UPSCALER_LPIPS_LIN"

@@ -65,7 +65,7 @@ def calibrate(model_spec: str, device: str = "auto", tile: int | None = None, pr
     """Time the engine on a synthetic photo-like image until `seconds` pass; store Mpx/s."""
     import numpy as np
 
-    from pipeline.engine import Upscaler
+    from pipeline.inference.engine import Upscaler
     from pipeline.models import load_model
 
     model = load_model(model_spec)
@@ -139,7 +139,7 @@ def estimate(config, *, gpu_hour_price: float | None = None, include_quarantined
     manifests, megapixels from image headers, device-seconds from calibration."""
     import dataclasses
 
-    from pipeline.engine import pick_device
+    from pipeline.inference.engine import pick_device
     from pipeline.runner import prepare
 
     if include_quarantined:

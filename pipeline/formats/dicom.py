@@ -43,7 +43,7 @@ import json
 
 import numpy as np
 
-from pipeline.imageio import DecodedImage, ImageDecodeError, ImageEncodeError, _check_size
+from pipeline.formats import DecodedImage, ImageDecodeError, ImageEncodeError, _check_size
 from pipeline.raster import RasterInfo
 
 SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")

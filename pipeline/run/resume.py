@@ -18,7 +18,8 @@ from typing import Iterable, Iterator
 import fsspec
 import pyarrow.compute as pc
 
-from pipeline import manifest, storage
+from pipeline import store
+from pipeline.store import manifest
 
 CHUNK = 10_000
 
@@ -99,9 +100,9 @@ def chunks(items: Iterable, size: int = CHUNK) -> Iterator[list]:
         yield chunk
 
 
-def to_do(sources: Iterable[storage.Source], prior: PriorIndex, dst_fs, force: bool, plan: Plan, *,
+def to_do(sources: Iterable[store.Source], prior: PriorIndex, dst_fs, force: bool, plan: Plan, *,
           include_quarantined: bool = False, quarantine_after: int = QUARANTINE_AFTER,
-          limit: int | None = None, sample: int | None = None, seed: int = 0) -> Iterator[storage.Source]:
+          limit: int | None = None, sample: int | None = None, seed: int = 0) -> Iterator[store.Source]:
     """Yield the sources that need processing; count the rest in `plan`.
     `limit` takes the first N to do, `sample` a uniform random N (pilot runs)."""
     stream = _filter(sources, prior, dst_fs, force, plan, include_quarantined, quarantine_after)
@@ -153,10 +154,10 @@ def _exists(fs, uri: str) -> bool:
         return False
 
 
-def sources_from_list(list_uri: str, src: str, storage_options: dict | None) -> Iterator[storage.Source]:
+def sources_from_list(list_uri: str, src: str, storage_options: dict | None) -> Iterator[store.Source]:
     """Sources named in a text file (one URL or key per line) or a Parquet file
     (column `uri`, `src_uri` or `key`); keys are relative to SRC."""
-    fs, root = storage.open_location(src, storage_options)
+    fs, root = store.open_location(src, storage_options)
     if list_uri.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -172,7 +173,7 @@ def sources_from_list(list_uri: str, src: str, storage_options: dict | None) -> 
         key = posixpath.relpath(path, root) if root else path
         try:
             info = fs.info(path)
-            version, size = storage.source_version(info), info.get("size")
+            version, size = store.source_version(info), info.get("size")
         except FileNotFoundError:
             version, size = "missing", None  # read_stage records the failure
-        yield storage.Source(storage.full_uri(fs, path), key, size, version)
+        yield store.Source(store.full_uri(fs, path), key, size, version)

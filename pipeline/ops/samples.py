@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from pipeline import storage
+from pipeline import store
 
 
 def _photo(name: str, size: int) -> np.ndarray:
@@ -48,11 +48,11 @@ def sample_files(size: int = 160) -> dict[str, bytes]:
 
 
 def write_samples(url: str, size: int = 160, storage_options: dict | None = None) -> list[str]:
-    fs, root = storage.open_location(url, storage_options)
+    fs, root = store.open_location(url, storage_options)
     written = []
     for key, data in sample_files(size).items():
         path = posixpath.join(root, key)
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         fs.pipe_file(path, data)
-        written.append(storage.full_uri(fs, path))
+        written.append(store.full_uri(fs, path))
     return written
