@@ -37,7 +37,8 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline import __version__, formats, metrics, raster, store, streaming
+from pipeline import __version__, formats, metrics, raster, store
+from pipeline.stages import stream as streaming
 from pipeline.store import manifest
 from pipeline.store import spool
 from pipeline.run import resume as plan_mod

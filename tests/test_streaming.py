@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import tifffile
 
-from pipeline import streaming
+from pipeline.formats import windows
+from pipeline.stages import stream as streaming
 from pipeline.inference.engine import Upscaler
 from pipeline.models import load_model
 from pipeline.runner import RunConfig, run_local
@@ -112,7 +113,7 @@ def test_window_reader_reads_any_window_of_any_layout(tmp_path):
         data = np.moveaxis(pixels, -1, 0) if name == "planar-separate" else pixels
         write_geotiff(tmp_path / f"{name}.tif", data, **layout)
         with tifffile.TiffFile(tmp_path / f"{name}.tif") as tif:
-            reader = streaming.WindowReader(tif.pages[0], cache_bytes=4096)  # tiny cache: evictions too
+            reader = windows.WindowReader(tif.pages[0], cache_bytes=4096)  # tiny cache: evictions too
             for _ in range(20):
                 y0, x0 = rng.integers(0, 69), rng.integers(0, 89)
                 y1, x1 = rng.integers(y0 + 1, 71), rng.integers(x0 + 1, 91)
@@ -134,7 +135,7 @@ def _stream_peak(path: Path, upscaler) -> tuple[int, streaming.StreamJob]:
 
 
 def test_peak_memory_depends_on_the_window_not_on_the_image(tmp_path, small_windows, monkeypatch):
-    monkeypatch.setattr(streaming, "CACHE_BYTES", 256 << 10)
+    monkeypatch.setattr(windows, "CACHE_BYTES", 256 << 10)
     upscaler = Upscaler(load_model("bicubic", scale=2), device="cpu")
     peaks, jobs = [], []
     for side in (128, 512):  # 16 times the pixels

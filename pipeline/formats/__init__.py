@@ -61,6 +61,7 @@ _PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WEBP", "
 _EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "dicom": ".dcm"}
 _ALIASES = {"jpg": "jpeg", "tif": "tiff", "dcm": "dicom"}
 _REQUESTABLE = ("png", "tiff", "jpeg", "webp")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 
 class ImageDecodeError(ValueError):
@@ -178,7 +179,7 @@ def _sniff(data: bytes) -> str | None:
         return "gif"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
-    if data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+    if data.startswith(TIFF_MAGIC):
         return "tiff"
     if data.startswith(b"BM"):
         return "bmp"

@@ -98,10 +98,12 @@ def image_size(uri: str, storage_options: dict | None = None) -> tuple[int, int]
     import fsspec
     from PIL import Image
 
+    from pipeline.formats import TIFF_MAGIC
+
     try:
         with fsspec.open(uri, "rb", **(storage_options or {})) as f:
             head = f.read(1 << 16)
-            if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            if head.startswith(TIFF_MAGIC):
                 import tifffile
 
                 f.seek(0)
