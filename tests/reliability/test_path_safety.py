@@ -1,4 +1,5 @@
-"""Object keys can never make the job write outside DST: on S3 and on the local filesystem."""
+"""Object keys can never make the job write outside DST: on S3 and on the local filesystem.
+Keys are used verbatim: a percent sign is part of the name, never an escape."""
 
 import io
 import json
@@ -26,6 +27,7 @@ def test_traversal_keys_on_s3_are_refused_and_nothing_lands_outside_dst(s3, caps
     fs = s3fs.S3FileSystem(**options)
     bucket = url.removeprefix("s3://")
     fs.pipe(f"{bucket}/in/good.png", png())
+    fs.pipe(f"{bucket}/in/p%2F..%2F..%2Fliteral.png", png())  # percent signs are part of the name
     for key in HOSTILE_KEYS:
         fs.pipe(f"{bucket}/in/{key}", png())
     before = set(fs.find(bucket))
@@ -38,6 +40,7 @@ def test_traversal_keys_on_s3_are_refused_and_nothing_lands_outside_dst(s3, caps
     assert summary["ok"] >= 1 and code == 3
     assert written and all(path.startswith(f"{bucket}/out/dst/") for path in written), written
     assert f"{bucket}/out/dst/good.png" in written
+    assert f"{bucket}/out/dst/p%2F..%2F..%2Fliteral.png" in written  # verbatim, inside DST
 
 
 def test_traversal_keys_in_a_list_file_are_refused_locally(tmp_path, capsys):
@@ -53,3 +56,18 @@ def test_traversal_keys_in_a_list_file_are_refused_locally(tmp_path, capsys):
     assert code == 3 and len(refused) == 2 and {r["error_type"] for r in refused} == {"UnsafeKeyError"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "escape.png", "list.txt", "src"]
     assert [p.name for p in (tmp_path / "dst").iterdir() if p.suffix == ".png"] == ["good.png"]
+
+
+def test_percent_signs_in_local_names_are_kept_verbatim(tmp_path, capsys):
+    names = ["a%2Fb.png", "a/b.png", "x%20y.png", "x y.png"]
+    for name in names:
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(png())
+    code = main(["run", str(tmp_path / "src"), str(tmp_path / "dst"), "--model", "bicubic", "--executor", "local",
+                 "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["ok"] == 4, summary
+    written = sorted(str(p.relative_to(tmp_path / "dst")) for p in (tmp_path / "dst").rglob("*.png"))
+    assert written == sorted(names)  # four distinct outputs, named as their sources
+    rows = pq.read_table(tmp_path / "dst" / "_manifest").to_pylist()
+    assert sorted(r["dst_uri"].rsplit("/dst/", 1)[1] for r in rows) == sorted(names)
