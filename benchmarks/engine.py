@@ -35,7 +35,8 @@ from PIL import Image
 from pipeline import formats
 from pipeline.models import LoadedModel, load_model, save_model
 from pipeline.models.edsr.arch import EDSR
-from pipeline.runner import RunConfig, run_local
+from pipeline.run.local import run_local
+from pipeline.spec import RunSpec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -133,7 +134,7 @@ def main() -> None:
         (tmp / "seq").mkdir()
         results["sequential"] = sequential(files, module, device, tmp / "seq")
         started = time.perf_counter()
-        summary = run_local(RunConfig(src=str(tmp / "src"), dst=str(tmp / "dst"), model=str(weights),
+        summary = run_local(RunSpec(src=str(tmp / "src"), dst=str(tmp / "dst"), model=str(weights),
                                       device=str(device)))
         results["end_to_end"] = time.perf_counter() - started
         assert summary["ok"] == len(files), summary

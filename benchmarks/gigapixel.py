@@ -96,11 +96,12 @@ def x4_model(directory: Path) -> tuple[str, str]:
 
 def run_case(src: str, dst: str, model: str, scale: int, threshold: int, tile: int | None = None) -> dict:
     """One run in this process; returns its figures (called in a child process)."""
-    from pipeline.runner import RunConfig, run_local
+    from pipeline.run.local import run_local
+from pipeline.spec import RunSpec
     import pyarrow.parquet as pq
 
     started = time.perf_counter()
-    summary = run_local(RunConfig(src=src, dst=dst, model=model, scale=scale, stream_threshold=threshold,
+    summary = run_local(RunSpec(src=src, dst=dst, model=model, scale=scale, stream_threshold=threshold,
                                   tile=tile))
     seconds = time.perf_counter() - started
     row = pq.read_table(os.path.join(dst, "_manifest")).to_pylist()[0]

@@ -58,15 +58,19 @@ class GeneratedListing(AbstractFileSystem):
 def plan_driver(keys: int) -> dict:
     """Run in a fresh process so its peak RSS is the planner's own."""
     register_implementation("generated", GeneratedListing, clobber=True)
+    from pipeline.run.prepare import load_spec_model, prepare
     from pipeline.run.ray import write_plan
-    from pipeline.runner import RunConfig, prepare
+    from pipeline.run.worker import build_upscaler
+    from pipeline.spec import RunSpec
 
     with tempfile.TemporaryDirectory() as dst:
         started = time.perf_counter()
-        p = prepare(RunConfig(src=f"generated://{keys}", dst=dst, model="bicubic"))
-        paths = write_plan(p, f"{dst}/_plans/{p.run_id}")
+        spec = RunSpec(src=f"generated://{keys}", dst=dst, model="bicubic")
+        model = load_spec_model(spec)
+        p = prepare(spec, model, build_upscaler(spec, model).info)
+        paths = write_plan(p.todo, p.info.dst_fs, f"{dst}/_plans/{p.info.run_id}")
         seconds = time.perf_counter() - started
-    return {"keys": keys, "planned": p.plan.todo, "plan_files": len(paths), "seconds": round(seconds, 2),
+    return {"keys": keys, "planned": p.counts.todo, "plan_files": len(paths), "seconds": round(seconds, 2),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 

@@ -30,35 +30,31 @@ def upscale_image(image, model=None, *, scale: float | None = None, tile: int | 
     return upscaler.upscale([image], scale)[0]
 
 
-def _config(src: str, dst: str, options: dict):
-    from pipeline.runner import RunConfig
+def _spec(src: str, dst: str, options: dict):
+    from pipeline.spec import RunSpec
 
-    options = dict(options)
-    for key in ("include", "exclude"):
-        if key in options:
-            options[key] = tuple(options[key])
-    return RunConfig(src=src, dst=dst, **options)
+    return RunSpec(src=src, dst=dst, **options)
 
 
 def plan(src: str, dst: str, *, gpu_hour_price: float | None = None, include_quarantined: bool = False,
          **options) -> dict:
     """What `run` would do: counts, megapixels, device-seconds and cost. Runs nothing.
-    `options` are RunConfig fields (model, scale, tile, format, storage_options, ...)."""
+    `options` are RunSpec fields (model, scale, tile, format, storage_options, ...)."""
     from pipeline.ops.plan import estimate
 
-    config = _config(src, dst, {**options, "include_quarantined": include_quarantined})
-    return estimate(config, gpu_hour_price=gpu_hour_price, include_quarantined=include_quarantined).as_dict()
+    spec = _spec(src, dst, {**options, "include_quarantined": include_quarantined})
+    return estimate(spec, gpu_hour_price=gpu_hour_price, include_quarantined=include_quarantined).as_dict()
 
 
 def run(src: str, dst: str, *, executor: str = "local", address: str | None = None, workers: int | None = None,
         progress: bool = False, **options) -> dict:
     """Upscale everything under `src` into `dst` with a manifest; returns the summary.
     `executor="ray"` distributes it (joining `address`, RAY_ADDRESS, or a local Ray)."""
-    config = _config(src, dst, options)
+    spec = _spec(src, dst, options)
     if executor == "local":
-        from pipeline.runner import run_local
+        from pipeline.run.local import run_local
 
-        return run_local(config, progress=progress)
+        return run_local(spec, progress=progress)
     from pipeline.run.ray import RayOptions, run_ray
 
-    return run_ray(config, RayOptions(address=address, workers=workers), progress=progress)
+    return run_ray(spec, RayOptions(address=address, workers=workers), progress=progress)

@@ -16,14 +16,15 @@ from pipeline import metrics  # noqa: E402
 from pipeline.inference.engine import Upscaler  # noqa: E402
 from pipeline.formats import decode_image  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
-from pipeline.runner import RunConfig, run_local  # noqa: E402
+from pipeline.run.local import run_local
+from pipeline.spec import RunSpec  # noqa: E402
 
 def bundled(name: str) -> Path:
     return Path(get_testdata_file(name))
 
 
 def run(src: Path, dst: Path, **options) -> tuple[dict, dict]:
-    summary = run_local(RunConfig(src=str(src), dst=str(dst), model="bicubic", **{"scale": 2.0, **options}))
+    summary = run_local(RunSpec(src=str(src), dst=str(dst), model="bicubic", **{"scale": 2.0, **options}))
     rows = {r["image_id"]: r for r in pq.read_table(dst / "_manifest").to_pylist()}
     return summary, rows
 

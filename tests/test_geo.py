@@ -17,7 +17,8 @@ from pipeline.inference.engine import Upscaler
 from pipeline.formats import decode_image, encode_image
 from pipeline.models import LoadedModel, load_model
 from pipeline.inference.resize import imresize
-from pipeline.runner import RunConfig, run_local
+from pipeline.run.local import run_local
+from pipeline.spec import RunSpec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GEO = SHARED / "data" / "geo"
@@ -69,7 +70,7 @@ def sample_runs(tmp_path_factory):
         (root / "x4" / name).write_bytes((GEO / name).read_bytes())
     (root / "x2" / "RGBA.uint16.tif").write_bytes((GEO / "RGBA.uint16.tif").read_bytes())
     for scale in ("x4", "x2"):
-        summary = run_local(RunConfig(src=str(root / scale), dst=str(root / f"out-{scale}"), model="bicubic",
+        summary = run_local(RunSpec(src=str(root / scale), dst=str(root / f"out-{scale}"), model="bicubic",
                                       scale=float(scale[1])))
         assert summary["failed"] == 0, summary["failures"]
     return root
@@ -280,7 +281,7 @@ def test_png_output_of_a_geotiff_is_refused_with_the_way_out(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "scene.tif").write_bytes(geotiff(np.full((8, 8), 9, np.uint8)))
-    summary = run_local(RunConfig(src=str(src), dst=str(tmp_path / "dst"), scale=2, format="png"))
+    summary = run_local(RunSpec(src=str(src), dst=str(tmp_path / "dst"), scale=2, format="png"))
     assert summary["failed"] == 1
     assert "only TIFF keeps this raster's georeferencing" in summary["failures"][0]["error"]
     assert "--format tiff" in summary["failures"][0]["error"]
@@ -288,7 +289,7 @@ def test_png_output_of_a_geotiff_is_refused_with_the_way_out(tmp_path):
 
 def test_bad_band_mode_is_refused():
     with pytest.raises(ValueError, match="band mode must be one of rgb\\+gray, each"):
-        RunConfig(src="a", dst="b", band_mode="rgb")
+        RunSpec(src="a", dst="b", band_mode="rgb")
 
 
 # ------------------------------------------------------------------ metrics
@@ -300,7 +301,7 @@ def test_lr_psnr_of_a_16_bit_raster_is_computed_on_its_native_values(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "dem.tif").write_bytes(geotiff(pixels))
-    run_local(RunConfig(src=str(src), dst=str(tmp_path / "dst"), scale=2))
+    run_local(RunSpec(src=str(src), dst=str(tmp_path / "dst"), scale=2))
     row = rows_by_image(tmp_path / "dst")["dem.tif"]
     sr = tifffile.imread(tmp_path / "dst" / "dem.tif")
     down = imresize(sr.astype(np.float64), output_size=(32, 40))
@@ -319,7 +320,7 @@ def test_reference_gives_per_band_psnr_and_the_spectral_angle(tmp_path):
     (tmp_path / "hr").mkdir()
     (tmp_path / "src" / "scene.tif").write_bytes(geotiff(lr, photometric="minisblack", planarconfig="contig"))
     (tmp_path / "hr" / "scene.tif").write_bytes(geotiff(hr, photometric="minisblack", planarconfig="contig"))
-    run_local(RunConfig(src=str(tmp_path / "src"), dst=str(tmp_path / "dst"), scale=2,
+    run_local(RunSpec(src=str(tmp_path / "src"), dst=str(tmp_path / "dst"), scale=2,
                         reference=str(tmp_path / "hr")))
     row = rows_by_image(tmp_path / "dst")["scene.tif"]
     sr = tifffile.imread(tmp_path / "dst" / "scene.tif")
@@ -349,7 +350,7 @@ def test_landsat_through_the_ray_executor_matches_the_local_executor(sample_runs
     src = tmp_path / "src"
     src.mkdir()
     (src / "RGB.byte.tif").write_bytes((GEO / "RGB.byte.tif").read_bytes())
-    summary = run_ray(RunConfig(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=4),
+    summary = run_ray(RunSpec(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=4),
                       RayOptions(workers=1))
     assert summary["ok"] == 1, summary["failures"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "dst" / "RGB.byte.tif"),

@@ -16,7 +16,8 @@ from pipeline.formats import windows
 from pipeline.stages import stream as streaming
 from pipeline.inference.engine import Upscaler
 from pipeline.models import load_model
-from pipeline.runner import RunConfig, run_local
+from pipeline.run.local import run_local
+from pipeline.spec import RunSpec
 
 GEOKEYS = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632, 3076, 0, 1, 9001)
 
@@ -49,7 +50,7 @@ def small_windows(monkeypatch):
 
 
 def run(src, dst, **options) -> tuple[dict, dict]:
-    summary = run_local(RunConfig(src=str(src), dst=str(dst), model="bicubic", scale=2.0, **options))
+    summary = run_local(RunSpec(src=str(src), dst=str(dst), model="bicubic", scale=2.0, **options))
     rows = {r["image_id"]: r for r in pq.read_table(Path(dst) / "_manifest").to_pylist()}
     return summary, rows
 
@@ -162,7 +163,7 @@ def test_streamed_output_to_object_storage_is_uploaded(tmp_path, small_windows):
         return set(Path(streaming.tempfile.gettempdir()).glob(".upscaler-stream-*"))
 
     before = temporary_files()
-    summary = run_local(RunConfig(src=str(src), dst="memory://streamed-out", model="bicubic", scale=2.0,
+    summary = run_local(RunSpec(src=str(src), dst="memory://streamed-out", model="bicubic", scale=2.0,
                                   stream_threshold=1))
     assert summary["ok"] == 1, summary["failures"]
     fs = fsspec.filesystem("memory")
@@ -175,7 +176,7 @@ def test_a_streamed_image_needs_an_integer_scale(tmp_path, small_windows):
     src = tmp_path / "src"
     src.mkdir()
     write_geotiff(src / "scene.tif", scene(40, 40), tile=(32, 32))
-    summary = run_local(RunConfig(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2.5,
+    summary = run_local(RunSpec(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2.5,
                                   stream_threshold=1))
     assert summary["failed"] == 1
     assert "needs an integer scale, not 2.5" in summary["failures"][0]["error"]

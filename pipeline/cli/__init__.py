@@ -64,6 +64,9 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     add_engine_options(run)
     run.add_argument("--format", choices=("png", "tiff", "jpeg", "webp"), default=None,
                      help="output format (default: the input's; GIF becomes PNG)")
+    run.add_argument("--keep-extension", action="store_true",
+                     help="name outputs after the whole source name (photo.gif -> photo.gif.png), so sources of one "
+                          "stem never share an output (without it, such sources are refused, each naming the other)")
     run.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (WebP: 100 = lossless)")
     run.add_argument("--compress-level", type=int, choices=range(10), default=1, metavar="0-9",
                      help="zlib level for PNG and TIFF (default 1: fast; 6 is about 10%% smaller and 4x slower)")
@@ -168,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args):
     from pipeline import formats
-    from pipeline.runner import RunConfig
+    from pipeline.spec import RunSpec
 
-    return RunConfig(
+    return RunSpec(
         src=args.src, dst=args.dst, model=args.model, scale=args.scale,
         tile=args.tile, overlap=args.overlap, precision=args.precision, format=args.format,
         quality=args.quality, compress_level=args.compress_level, reference=args.reference, include=tuple(args.include),
@@ -179,7 +182,7 @@ def config_from_args(args):
         force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
-        time_limit=args.time_limit, storage_failures=args.storage_failures,
+        time_limit=args.time_limit, storage_failures=args.storage_failures, keep_extension=args.keep_extension,
     )
 
 
@@ -293,7 +296,7 @@ def _summary(config, args) -> dict:
     if args.progress is None:
         args.progress = sys.stderr.isatty()
     if args.executor == "local":
-        from pipeline.runner import run_local
+        from pipeline.run.local import run_local
 
         return run_local(config, progress=args.progress)
     from pipeline.run.ray import RayOptions, run_ray
@@ -345,10 +348,17 @@ def cmd_eval(args) -> int:
 def cmd_rerun(args) -> int:
     from pipeline.ops.rerun import plan_rerun
 
+    if not args.dry_run:  # rows an earlier run spooled while storage was down count too
+        from pipeline import store
+        from pipeline.run.recovery import recover
+
+        recover(*store.open_location(args.dst, dict(args.storage_option)))
     groups = plan_rerun(args.dst, dict(args.storage_option))
     failed, missing = sum(g.failed for g in groups), sum(g.missing for g in groups)
+    resumed = sum(g.interrupted for g in groups)
     print(f"rerun: {failed + missing} images ({failed} failed, {missing} outputs missing) "
-          f"from {len(groups)} earlier run(s)", file=sys.stderr)
+          f"from {len(groups)} earlier run(s)" + (f"; {resumed} interrupted run(s) resumed" if resumed else ""),
+          file=sys.stderr)
     if args.dry_run:
         from pipeline.ops.plan import estimate
 
@@ -416,12 +426,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from pipeline.models import ModelLoadError
+    from pipeline.run.local import RunInterrupted
 
     try:
         return {"run": cmd_run, "eval": cmd_eval, "models": cmd_models, "demo": cmd_demo,
                 "rerun": cmd_rerun, "train": cmd_train, "plan": cmd_plan,
                 "calibrate": cmd_calibrate, "runs": cmd_runs, "submit": cmd_submit,
                 "report": cmd_report}[args.command](args)
+    except RunInterrupted as stop:
+        summary = stop.summary
+        print(f"upscaler {args.command}: interrupted ({stop.signal_name}) after {summary['ok']} ok and "
+              f"{summary['failed']} failed images; their rows are in {summary['manifest']}.\n"
+              f"  Run the same command again (or `upscaler rerun DST`) to finish: what is done is skipped.",
+              file=sys.stderr)
+        return stop.exit_status
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         print(f"upscaler {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -317,7 +317,9 @@ def lpips_value(sr: np.ndarray, hr: np.ndarray, *, backbone=None, lin=None) -> t
                 f"torchvision alexnet features state dict and {LIN_ENV} to lpips weights/v0.1/alex.pth "
                 "(.pth or .safetensors)"
             )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from pipeline.inference.engine import pick_device
+
+    device = str(pick_device("auto"))
     model = _cached_lpips(str(Path(backbone).resolve()), str(Path(lin).resolve()), device)
     with torch.no_grad():
         value = model(_to_lpips_tensor(sr, device), _to_lpips_tensor(hr, device))

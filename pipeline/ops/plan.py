@@ -32,8 +32,11 @@ def cache_path() -> Path:
 def device_name(device: str) -> str:
     import torch
 
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        return "cuda:" + torch.cuda.get_device_name(0 if device in ("auto", "cuda") else int(device.split(":")[1]))
+    from pipeline.inference.engine import pick_device
+
+    picked = pick_device(device)
+    if picked.type == "cuda":
+        return "cuda:" + torch.cuda.get_device_name(picked.index or 0)
     return "cpu"
 
 
@@ -136,29 +139,31 @@ class Estimate:
         return asdict(self)
 
 
-def estimate(config, *, gpu_hour_price: float | None = None, include_quarantined: bool = False) -> Estimate:
-    """Plan a run without running it: counts from the listing and earlier
-    manifests, megapixels from image headers, device-seconds from calibration."""
+def estimate(spec, *, gpu_hour_price: float | None = None, include_quarantined: bool = False) -> Estimate:
+    """Plan a run without running it or writing anything: counts from the listing and
+    earlier manifests, megapixels from image headers, device-seconds from calibration."""
     import dataclasses
 
-    from pipeline.inference.engine import pick_device
-    from pipeline.runner import prepare
+    from pipeline.run.prepare import load_spec_model, prepare
+    from pipeline.run.worker import build_upscaler
 
     if include_quarantined:
-        config = dataclasses.replace(config, include_quarantined=True)
-    p = prepare(config)  # the same listing and resume filter as a run
-    model, counts = p.model, p.plan
-    scale = float(config.scale or model.scale)
+        spec = dataclasses.replace(spec, include_quarantined=True)
+    model = load_spec_model(spec)
+    upscaler = build_upscaler(spec, model)
+    p = prepare(spec, model, upscaler.info)  # the same listing and resume filter as a run
+    counts = p.counts
+    scale = float(spec.scale or model.scale)
     mpx_in = mpx_out = 0.0
     unknown = 0
-    for source in p.sources:
-        size = image_size(source.uri, config.storage_options)
+    for planned in p.todo:
+        size = image_size(planned.source.uri, spec.storage_options)
         if size is None:
             unknown += 1
             continue
         mpx_in += size[0] * size[1] / 1e6
         mpx_out += round(size[0] * scale) * round(size[1] * scale) / 1e6
-    device = device_name(str(pick_device(config.device)))
+    device = device_name(str(upscaler.device))
     speed = throughput(model.sha256 or model.name, device)
     seconds = mpx_out / speed.mpx_per_second
     return Estimate(

@@ -1,34 +1,41 @@
-"""The Ray executor: the only module that imports Ray.
+"""The Ray executor: the only batch-path module that imports Ray.
 
-The driver streams the to-do listing into Ray Data in chunks; a pool of
-actors, each holding one loaded model (on a GPU where there is one), reads,
-upscales and writes its images itself through fsspec, and returns only the
-manifest rows. Pixels never travel through Ray's object store.
+The driver writes the checked to-do list into Parquet plan chunks under DST/_plans/;
+Ray Data feeds them in batches to a pool of actors, each holding one `Worker` (one
+loaded model, on a GPU where there is one), which reads, upscales and writes its images
+itself through fsspec and returns only the manifest rows. Pixels never travel through
+Ray's object store.
 
-Faults: actors restart when their process dies (max_restarts), and Ray Data
-re-executes the batch they held; an output is written under its final key
-atomically and the driver records a row only when a batch's result arrives,
-so a retried image is written twice at most, recorded once.
+Faults: actors restart when their process dies (max_restarts), and Ray Data re-executes
+the batch they held; an output is written under its final key atomically and the
+driver records a row only when a batch's result arrives, so a retried image is written
+twice at most, recorded once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.store import manifest
-from pipeline.run import resume as plan_mod
-from pipeline.runner import (Circuit, RowSink, RunConfig, base_row, finish_run, finish_stage, infer_stage, prepare,
-                             read_stage, Reference)
+from pipeline import store
+from pipeline.run import resume
+from pipeline.run.local import RunInterrupted, _Terminated, sigterm_raises
+from pipeline.run.prepare import load_spec_model, prepare
+from pipeline.run.recovery import recover, remove_if_empty
+from pipeline.run.row import to_table, ManifestRow
+from pipeline.run.sink import RowSink
+from pipeline.run.worker import Worker, build_upscaler
+from pipeline.stages.list import PlannedImage
 
 log = logging.getLogger(__name__)
 
-_SOURCE_SCHEMA = pa.schema([("uri", pa.string()), ("key", pa.string()), ("size", pa.int64()),
-                            ("version", pa.string())])
+_PLAN_SCHEMA = pa.schema([("uri", pa.string()), ("key", pa.string()), ("size", pa.int64()),
+                          ("version", pa.string()), ("output_key", pa.string()), ("refused", pa.string())])
 
 
 @dataclass
@@ -39,18 +46,18 @@ class RayOptions:
     gpus_per_worker: float | None = None  # default 1 where GPUs exist, else 0
 
 
-def _init_ray(options: RayOptions):
+def init_ray(address: str | None = None, num_cpus: int | None = None):
+    """Join `address` (or RAY_ADDRESS), else start an embedded Ray; the one place Ray starts."""
     try:
         import ray
     except ImportError as error:
         raise ValueError("Ray is not installed: pip install 'pipeline[ray]', or use --executor local") from error
-
     if not ray.is_initialized():
-        address = options.address or os.environ.get("RAY_ADDRESS")
+        address = address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=False)
-        else:  # embedded, sized to the machine
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
     return ray
 
 
@@ -69,105 +76,105 @@ def _resources(ray, options: RayOptions) -> tuple[int, float, float]:
     return workers, cpus_per, gpus_per
 
 
+def _engine_info(spec) -> dict:
+    """The engine settings as a worker resolves them (device, precision, tile, overlap)."""
+    return build_upscaler(spec, load_spec_model(spec)).info
+
+
 class UpscaleWorker:
-    """A Ray Data actor: one model, many batches of sources -> manifest rows."""
+    """A Ray Data actor: one Worker, many batches of planned images -> manifest rows."""
 
-    def __init__(self, config: RunConfig, run_id: str, config_key: str, cpus: float):
-        import socket
-
+    def __init__(self, spec, run_id: str, config_key: str, cpus: float):
         import torch
 
-        from pipeline.inference.engine import Upscaler
-        from pipeline.models import load_model
-        from pipeline.runner import _model_scale_hint
-        from pipeline import store
-
         torch.set_num_threads(max(1, int(cpus)))
-        self.config = config
-        model = load_model(config.model, scale=_model_scale_hint(config), storage_options=config.storage_options)
-        self.upscaler = Upscaler(model, device=config.device, precision=config.precision,
-                                 tile=config.tile, overlap=config.overlap)
-        self.dst_fs, self.dst_root = store.open_location(config.dst, config.storage_options)
-        self.reference = Reference(config.reference, config.storage_options) if config.reference else None
-        worker = f"{socket.gethostname()}-{os.getpid()}"
-        self.template = base_row(config, run_id, model, self.upscaler, worker=worker, config_key=config_key)
-        self.circuit = Circuit(config.storage_failures)
+        self.worker = Worker(spec, load_spec_model(spec), run_id=run_id, config_key=config_key,
+                             name=f"{socket.gethostname()}-{os.getpid()}")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from pipeline import store
-
-        sources = [store.Source(r["uri"], r["key"], r["size"], r["version"]) for r in batch.to_pylist()]
-        group = [self.circuit.skip(s, self.template) if self.circuit.open else read_stage(s, self.config, self.template)
-                 for s in sources]
-        infer_stage(group, self.upscaler, self.config.scale, self.config.time_limit)
-        rows = [finish_stage(w, self.config, self.dst_fs, self.dst_root, self.reference) for w in group]
-        for row in rows:
-            self.circuit.record(row)
-        return pa.Table.from_pylist([{c: r.get(c) for c in manifest.COLUMNS} for r in rows], schema=manifest.SCHEMA)
+        planned = [PlannedImage(store.Source(r["uri"], r["key"], r["size"], r["version"]), r["output_key"],
+                                r["refused"] or "") for r in batch.to_pylist()]
+        return to_table(self.worker.process(planned))
 
 
-def write_plan(p, plan_dir: str) -> list[str]:
-    """Stream the to-do listing into Parquet chunks under DST/_plans/<run_id>/:
-    the driver never holds more than one chunk, and every node can read them."""
+def write_plan(todo: list[PlannedImage], fs, plan_dir: str) -> list[str]:
+    """The to-do list as Parquet chunks under DST/_plans/<run_id>/, readable by every node."""
     import pyarrow.parquet as pq
 
     paths = []
-    p.dst_fs.makedirs(plan_dir, exist_ok=True)
-    for index, chunk in enumerate(plan_mod.chunks(p.sources, plan_mod.CHUNK)):
-        table = pa.Table.from_pylist([{"uri": s.uri, "key": s.key, "size": s.size, "version": s.version}
-                                      for s in chunk], schema=_SOURCE_SCHEMA)
+    for index, chunk in enumerate(resume.chunks(todo, resume.CHUNK)):
+        if not paths:
+            fs.makedirs(plan_dir, exist_ok=True)
+        table = pa.Table.from_pylist([{"uri": p.source.uri, "key": p.source.key, "size": p.source.size,
+                                       "version": p.source.version, "output_key": p.output_key,
+                                       "refused": p.refused} for p in chunk], schema=_PLAN_SCHEMA)
         path = f"{plan_dir}/chunk-{index:06d}.parquet"
-        with p.dst_fs.open(path, "wb") as f:
+        with fs.open(path, "wb") as f:
             pq.write_table(table, f)
         paths.append(path)
     return paths
 
 
-def run_ray(config: RunConfig, options: RayOptions | None = None, *, progress: bool = False) -> dict:
-    from pipeline import store
-
-    if config.dst.startswith("memory://") or config.src.startswith("memory://"):
+def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) -> dict:
+    if spec.dst.startswith("memory://") or spec.src.startswith("memory://"):
         raise ValueError("memory:// lives inside one process; Ray workers cannot see it: use --executor local")
     options = options or RayOptions()
-    ray = _init_ray(options)
+    ray = init_ray(options.address)
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    p = prepare(config)
     workers, cpus_per, gpus_per = _resources(ray, options)
-    sink = RowSink(p, "driver", progress=progress)
+    engine = ray.get(ray.remote(_engine_info).options(num_cpus=cpus_per, num_gpus=gpus_per).remote(spec))
+    p = prepare(spec, load_spec_model(spec), engine)
+    info = p.info
+    recover(info.dst_fs, info.dst_root)
+    sink = RowSink(info, "driver", progress=progress)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts images, not blocks
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     # Ray 2.60 warns about map_batches(max_restarts=...); the pin in pyproject stays below its removal.
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-    plan_dir = f"{p.dst_root}/_plans/{p.run_id}"
-    try:
-        paths = write_plan(p, plan_dir)
-        if paths:
-            dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(p.dst_fs)), num_cpus=0.25)
-            results = dataset.map_batches(
-                UpscaleWorker,
-                fn_constructor_kwargs={"config": config, "run_id": p.run_id, "config_key": p.config_key,
-                                       "cpus": cpus_per},
-                batch_size=config.batch_images,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=cpus_per,
-                num_gpus=gpus_per,
-                max_restarts=-1,
-                max_task_retries=-1,
-            )
-            for result in results.iter_batches(batch_format="pyarrow", batch_size=None):
-                for row in result.to_pylist():
-                    sink.add(row)
-    finally:
+    plan_dir = f"{info.dst_root}/_plans/{info.run_id}"
+    interrupted = ""
+    with sigterm_raises():
         try:
-            if p.dst_fs.exists(plan_dir):
-                p.dst_fs.rm(plan_dir, recursive=True)
-        except Exception as error:  # DST down: the plan is only a cache of the listing
-            log.warning("could not remove %s: %s", plan_dir, error)
-    engine = {"workers": workers, "cpus_per_worker": cpus_per, "gpus_per_worker": gpus_per,
-              "device": config.device, "precision": config.precision, "tile": config.tile, "overlap": config.overlap}
-    return finish_run(p, sink, executor="ray", engine=engine)
+            paths = write_plan(p.todo, info.dst_fs, plan_dir)
+            if paths:
+                dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(info.dst_fs)),
+                                                num_cpus=0.25)
+                results = dataset.map_batches(
+                    UpscaleWorker,
+                    fn_constructor_kwargs={"spec": spec, "run_id": info.run_id, "config_key": info.config_key,
+                                           "cpus": cpus_per},
+                    batch_size=spec.batch_images,
+                    batch_format="pyarrow",
+                    compute=ray.data.ActorPoolStrategy(size=workers),
+                    num_cpus=cpus_per,
+                    num_gpus=gpus_per,
+                    max_restarts=-1,
+                    max_task_retries=-1,
+                )
+                for result in results.iter_batches(batch_format="pyarrow", batch_size=None):
+                    for row in result.to_pylist():
+                        sink.add(ManifestRow.from_dict(row))
+        except KeyboardInterrupt:
+            interrupted = "SIGINT"
+        except _Terminated:
+            interrupted = "SIGTERM"
+        finally:
+            _remove_plan(info.dst_fs, plan_dir, info.dst_root)
+            engine_record = {"workers": workers, "cpus_per_worker": cpus_per, "gpus_per_worker": gpus_per, **engine}
+            summary = sink.close(executor="ray", engine=engine_record, interrupted=interrupted)
+    if interrupted:
+        raise RunInterrupted(interrupted, summary)
+    return summary
+
+
+def _remove_plan(fs, plan_dir: str, dst_root: str) -> None:
+    try:
+        if fs.exists(plan_dir):
+            fs.rm(plan_dir, recursive=True)
+        remove_if_empty(fs, f"{dst_root}/_plans")
+    except Exception as error:  # DST down: the plan is only a cache of the listing; the next run removes it
+        log.warning("could not remove %s: %s", plan_dir, error)

@@ -1,7 +1,7 @@
 """What a run has to do: the listing, minus what earlier runs already did.
 
 An image is skipped when its latest manifest row for the same configuration
-(`config_key`: model sha256, scale, tile, overlap, precision, format) is `ok`,
+(`config_key`: the resolved output settings, see spec.py) is `ok`,
 its source version is unchanged and its output still exists. The listing is
 consumed in chunks, so neither it nor the to-do list has to fit in memory at
 once; only the index of earlier `ok` rows is held (a few tens of bytes per image).
@@ -9,14 +9,8 @@ once; only the index of earlier `ok` rows is held (a few tens of bytes per image
 
 from __future__ import annotations
 
-import hashlib
-import json
-import posixpath
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
-
-import fsspec
-import pyarrow.compute as pc
 
 from pipeline import store
 from pipeline.store import manifest
@@ -24,28 +18,10 @@ from pipeline.store import manifest
 CHUNK = 10_000
 
 
-def config_key(model_id: str, config) -> str:
-    """Stable hash of the settings that change an output."""
-    fields = {
-        "model": model_id,
-        "scale": float(config.scale) if config.scale else None,
-        "tile": config.tile,
-        "overlap": config.overlap,
-        "precision": config.precision,
-        "format": config.format,
-    }
-    # Raster settings change outputs too; added only when not the default, so keys made
-    # before they existed stay valid.
-    for name, default in (("band_mode", "rgb+gray"), ("radiometric", "auto")):
-        if getattr(config, name, default) != default:
-            fields[name] = getattr(config, name)
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# Failures that another attempt on the same bytes would repeat (a corrupt file,
-# an image over the pixel limit, an unsafe key), as opposed to a lost worker or
-# a storage outage.
-DETERMINISTIC_ERRORS = frozenset({"ImageDecodeError", "ImageTooLargeError", "ImageEncodeError", "UnsafeKeyError"})
+# Failures that another attempt on the same bytes and key would repeat (a corrupt file,
+# an image over the pixel limit, an unsafe or rejected key), as opposed to a lost worker,
+# a storage outage, missing permissions or an output collision (which another file fixes).
+DETERMINISTIC_ERRORS = frozenset({"ImageDecodeError", "ImageTooLargeError", "ImageEncodeError"}) | store.QUARANTINABLE
 QUARANTINE_AFTER = 2
 
 
@@ -56,29 +32,26 @@ class PriorIndex:
     done: dict[str, tuple[str, str]]  # image_id -> (source_version, dst_uri): latest row for this config is ok
     failed: set[str] = field(default_factory=set)  # latest row for this config failed
     strikes: dict[str, tuple[str, int]] = field(default_factory=dict)  # image_id -> (source_version, deterministic failures in a row, any config)
+    owners: dict[str, str] = field(default_factory=dict)  # dst_uri -> image_id whose latest row wrote it
 
     @classmethod
     def load(cls, dst_fs, dst_root: str, key: str) -> "PriorIndex":
-        table = manifest.read_manifest(dst_fs, dst_root)
-        if table.num_rows == 0 or "config_key" not in table.column_names:
-            return cls({})
-        table = table.select(["image_id", "status", "source_version", "dst_uri", "finished_at", "config_key",
-                              "error_type"])
-        table = table.sort_by([("finished_at", "ascending")])
-        latest: dict[str, tuple[str, str] | None] = {}
+        rows = manifest.rows_in_order(dst_fs, dst_root, ["image_id", "status", "source_version", "dst_uri",
+                                                         "finished_at", "config_key", "error_type"])
+        latest = manifest.latest_by_image(r for r in rows if r["config_key"] == key)
         strikes: dict[str, tuple[str, int]] = {}
-        for row in table.to_pylist():  # later rows overwrite earlier ones
+        for row in rows:  # oldest first: deterministic failures in a row, any configuration
             image = row["image_id"]
-            if row["config_key"] == key:
-                latest[image] = (row["source_version"], row["dst_uri"]) if row["status"] == "ok" else None
             if row["status"] != "ok" and row["error_type"] in DETERMINISTIC_ERRORS:
                 version, count = strikes.get(image, (row["source_version"], 0))
                 strikes[image] = (row["source_version"], count + 1 if version == row["source_version"] else 1)
             elif row["status"] == "ok":
                 strikes.pop(image, None)
-        done = {k: v for k, v in latest.items() if v is not None}
-        failed = {k for k, v in latest.items() if v is None}
-        return cls(done, failed, strikes)
+        done = {k: (r["source_version"], r["dst_uri"]) for k, r in latest.items() if r["status"] == "ok"}
+        failed = {k for k, r in latest.items() if r["status"] != "ok"}
+        owners = {r["dst_uri"]: image for image, r in manifest.latest_by_image(rows).items()
+                  if r["status"] == "ok" and r["dst_uri"]}
+        return cls(done, failed, strikes, owners)
 
 
 @dataclass
@@ -152,28 +125,3 @@ def _exists(fs, uri: str) -> bool:
         return fs.exists(fs._strip_protocol(uri))
     except OSError:
         return False
-
-
-def sources_from_list(list_uri: str, src: str, storage_options: dict | None) -> Iterator[store.Source]:
-    """Sources named in a text file (one URL or key per line) or a Parquet file
-    (column `uri`, `src_uri` or `key`); keys are relative to SRC."""
-    fs, root = store.open_location(src, storage_options)
-    if list_uri.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        with fsspec.open(list_uri, "rb", **(storage_options or {})) as f:
-            table = pq.read_table(f)
-        column = next(c for c in ("uri", "src_uri", "key") if c in table.column_names)
-        names = (str(v) for v in table[column].to_pylist())
-    else:
-        with fsspec.open(list_uri, "rt", **(storage_options or {})) as f:
-            names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    for name in names:
-        path = fs._strip_protocol(name) if "://" in name else posixpath.join(root, name)
-        key = posixpath.relpath(path, root) if root else path
-        try:
-            info = fs.info(path)
-            version, size = store.source_version(info), info.get("size")
-        except FileNotFoundError:
-            version, size = "missing", None  # read_stage records the failure
-        yield store.Source(store.full_uri(fs, path), key, size, version)

@@ -47,8 +47,8 @@ import tifffile
 
 from pipeline import formats, raster, store
 from pipeline.formats import windows
+from pipeline.inference.engine import model_passes
 
-DEFAULT_STREAM_THRESHOLD = 4096 * 4096
 OUTPUT_TILE = 1024  # about this many output pixels per TIFF tile side
 WINDOW_INPUT = 512  # about this many input pixels per window width
 BIGTIFF_BYTES = 2 << 30  # raw output size from which BigTIFF is written
@@ -124,8 +124,24 @@ def window_grid(height: int, width: int, scale: int) -> tuple[int, int]:
     return tile_in, tile_in * per_row
 
 
-def run(job: StreamJob, upscaler, scale: float | None) -> StreamJob:
-    """Stream the job's image through `upscaler` into a tiled TIFF at job.tmp_path."""
+def _margin(upscaler, s: int) -> int:
+    """Input pixels read around a window's core: half the overlap per model pass (at least 8)."""
+    passes = 1 if upscaler.interpolation else model_passes(upscaler.model.scale, s)
+    return max(8, math.ceil(upscaler.overlap / 2)) * passes
+
+
+def window_shape(job: StreamJob, upscaler, scale: float | None) -> tuple[int, int]:
+    """The input size of a typical window, margins included (what the engine tiles)."""
+    s = int(upscaler.model.scale if scale is None else scale)
+    h, w, _ = job.shape
+    tile_in, window_w = window_grid(h, w, s)
+    margin = _margin(upscaler, s)
+    return min(h, tile_in + 2 * margin), min(w, window_w + 2 * margin)
+
+
+def run(job: StreamJob, upscaler, scale: float | None, *, deadline: float | None = None) -> StreamJob:
+    """Stream the job's image through `upscaler` into a tiled TIFF at job.tmp_path;
+    `deadline` (time.monotonic) is checked by the engine in every window."""
     target = float(upscaler.model.scale if scale is None else scale)
     if not target.is_integer() or target < 1:
         raise ValueError(f"streaming a large image needs an integer scale, not {target:g}")
@@ -150,8 +166,7 @@ def run(job: StreamJob, upscaler, scale: float | None) -> StreamJob:
         out_h, out_w = h * s, w * s
         tile_in, window_w = window_grid(h, w, s)
         tile_out = tile_in * s
-        passes = 1 if upscaler.interpolation else max(1, math.ceil(math.log(s, upscaler.model.scale) - 1e-9))
-        margin = max(8, math.ceil(upscaler.overlap / 2)) * passes
+        margin = _margin(upscaler, s)
         score = _LrScore(plan)
 
         def tiles():
@@ -164,7 +179,7 @@ def run(job: StreamJob, upscaler, scale: float | None) -> StreamJob:
                     pixels = reader.read(wy0, wy1, wx0, wx1)
                     valid = plan.valid(pixels)
                     inputs = plan.inputs(pixels, valid)
-                    outputs = upscaler.upscale(inputs, s) if inputs else []
+                    outputs = upscaler.upscale(inputs, s, deadline=deadline) if inputs else []
                     out = plan.restore(outputs, pixels, valid, ((wy1 - wy0) * s, (wx1 - wx0) * s))
                     del inputs, outputs
                     core = (slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))

@@ -20,74 +20,15 @@ import pyarrow.parquet as pq
 
 from pipeline.store import write_atomic
 
-SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("image_id", pa.string()),
-        ("config_key", pa.string()),  # hash of model sha256, scale, tile, overlap, precision, format
-        ("src_uri", pa.string()),
-        ("source_version", pa.string()),
-        ("dst_uri", pa.string()),
-        ("status", pa.string()),  # 'ok' | 'failed'
-        ("error", pa.string()),
-        ("error_type", pa.string()),
-        ("attempt", pa.int32()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("channels", pa.int32()),
-        ("dtype", pa.string()),
-        ("src_format", pa.string()),
-        ("src_mode", pa.string()),
-        ("out_width", pa.int32()),
-        ("out_height", pa.int32()),
-        ("out_format", pa.string()),
-        ("model", pa.string()),
-        ("model_sha256", pa.string()),
-        ("scale", pa.float64()),
-        ("tile", pa.string()),
-        ("overlap", pa.int32()),
-        ("precision", pa.string()),
-        ("device", pa.string()),
-        ("worker", pa.string()),
-        ("seconds_read", pa.float64()),
-        ("seconds_infer", pa.float64()),
-        ("seconds_write", pa.float64()),
-        ("seconds_total", pa.float64()),
-        ("lr_psnr", pa.float64()),
-        ("psnr", pa.float64()),
-        ("ssim", pa.float64()),
-        ("lpips", pa.float64()),
-        ("metrics_note", pa.string()),
-        ("psnr_bands", pa.string()),  # JSON list, one PSNR per band (against --reference)
-        ("sam", pa.float64()),  # spectral angle, degrees (against --reference, 2+ bands)
-        # rasters (null for photos): strings are JSON where structured
-        ("crs", pa.string()),  # "EPSG:32618 (WGS 84 / UTM zone 18N)"
-        ("transform_in", pa.string()),  # GDAL geotransform [x0, dx, rx, y0, ry, dy]
-        ("transform_out", pa.string()),
-        ("nodata", pa.string()),
-        ("bands", pa.string()),  # count, band mode, model inputs, alpha, names
-        ("radiometric", pa.string()),  # scaling to the model's [0, 1]: mode, per-band [lo, hi]
-        ("stream_windows", pa.int32()),  # windows read when streamed, else null
-        ("dicom_sop_uid_in", pa.string()),
-        ("dicom_sop_uid_out", pa.string()),
-        ("dicom_series_uid_in", pa.string()),
-        ("dicom_series_uid_out", pa.string()),
-        ("pixel_spacing_in", pa.string()),  # DICOM [row, column] spacing, mm
-        ("pixel_spacing_out", pa.string()),
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("finished_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-COLUMNS = SCHEMA.names
+from pipeline.run.row import COLUMNS, SCHEMA  # noqa: E402  (the row dataclass defines the columns)
 
 
 def manifest_dir(dst_root: str) -> str:
     return posixpath.join(dst_root, "_manifest")
 
 
-def rows_part(run_id: str, worker: str, rows: list[dict]) -> tuple[str, bytes]:
-    """One worker's rows as a Parquet file: (path relative to _manifest, bytes)."""
-    table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=SCHEMA)
+def rows_part(run_id: str, worker: str, table: pa.Table) -> tuple[str, bytes]:
+    """One worker's rows (a table of SCHEMA) as a Parquet file: (path relative to _manifest, bytes)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table.drop_columns(["run_id"]), sink)
     return f"run_id={run_id}/part-{worker}.parquet", sink.getvalue().to_pybytes()
@@ -119,3 +60,19 @@ def read_manifest(fs, dst_root: str) -> pa.Table:
                          partition_base_dir=root)
     table = dataset.to_table()
     return table.select([c for c in COLUMNS if c in table.column_names])
+
+
+def latest_by_image(rows) -> dict[str, dict]:
+    """The latest row of each image (by finished_at) among `rows` (dicts)."""
+    latest: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: (r["finished_at"] is None, r["finished_at"] or 0)):
+        latest[row["image_id"]] = row
+    return latest
+
+
+def rows_in_order(fs, dst_root: str, columns: list[str]) -> list[dict]:
+    """Every run's rows under a destination, oldest first, with only `columns`."""
+    table = read_manifest(fs, dst_root)
+    if table.num_rows == 0:
+        return []
+    return table.select(columns).sort_by([("finished_at", "ascending")]).to_pylist()

@@ -43,14 +43,10 @@ def train_ray(cfg: Config, *, workers: int, ray_address: str | None = None) -> d
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    started = False
-    if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address)
-        else:
-            ray.init(num_cpus=max(1, int(round(workers * cfg.train.cpus_per_worker))), include_dashboard=False)
-        started = True
+    from pipeline.run.ray import init_ray
+
+    started = not ray.is_initialized()
+    init_ray(ray_address, num_cpus=max(1, int(round(workers * cfg.train.cpus_per_worker))))
     try:
         use_gpu = pick_device(cfg.train.device).type == "cuda"
         resources = {"GPU": 1} if use_gpu else {}

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pipeline import metrics, store
+from pipeline.inference.engine import pick_device  # noqa: F401  (also used by train.distributed)
 from pipeline.models import LoadedModel, save_model
 
 from .config import Config
@@ -58,10 +59,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run_summary(cfg: Config) -> dict:

@@ -19,7 +19,8 @@ from benchmarks.faults import FlakyProxy
 from pipeline import cli, store
 from pipeline.store import manifest
 from pipeline.store import spool
-from pipeline.runner import RunConfig, run_local
+from pipeline.run.local import run_local
+from pipeline.spec import RunSpec
 
 IMAGES = 16  # enough that some images are still unread when the circuit opens (up to ~8 are in flight)
 
@@ -37,8 +38,8 @@ def outage(s3, monkeypatch, tmp_path):
     proxy = FlakyProxy(int(options["endpoint_url"].rsplit(":", 1)[1]))
     proxied = {**options, "endpoint_url": f"http://127.0.0.1:{proxy.port}",
                "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2, "read_timeout": 5}}
-    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)
-    monkeypatch.setattr(storage, "RETRY_FIRST_DELAY", 0.01)
+    monkeypatch.setattr(store, "RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(store, "RETRY_FIRST_DELAY", 0.01)
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)  # s3fs's own retry loop (~2 s a call)
     monkeypatch.setenv("UPSCALER_SPOOL", str(tmp_path / "spool"))
     return direct, proxied, f"{bucket}/src", f"{bucket}/dst", proxy
@@ -57,14 +58,14 @@ def cut_after_outputs(monkeypatch, proxy, count: int) -> list[str]:
             if len(written) == count:
                 proxy.cut()
 
-    monkeypatch.setattr(storage, "write_atomic", write_atomic)
+    monkeypatch.setattr(store, "write_atomic", write_atomic)
     return written
 
 
 def test_storage_that_stays_down_ends_the_run_cleanly_and_rerun_completes_it(outage, monkeypatch, capsys):
     direct, options, src, dst, proxy = outage
     written = cut_after_outputs(monkeypatch, proxy, 3)
-    config = RunConfig(src=src, dst=dst, model="bicubic", scale=2, batch_images=1, storage_failures=2,
+    config = RunSpec(src=src, dst=dst, model="bicubic", scale=2, batch_images=1, storage_failures=2,
                        storage_options=options)
 
     summary = run_local(config)  # returns: no exception escapes
@@ -127,6 +128,6 @@ def test_a_finished_runs_leftover_plan_is_removed_by_the_next_run_but_a_running_
     (dst / "_manifest" / "_runs" / "finished.json").write_text("{}")
     (tmp_path / "src").mkdir()
 
-    run_local(RunConfig(src=str(tmp_path / "src"), dst=str(dst), model="bicubic"))
+    run_local(RunSpec(src=str(tmp_path / "src"), dst=str(dst), model="bicubic"))
 
     assert sorted(p.name for p in (dst / "_plans").iterdir()) == ["running"]

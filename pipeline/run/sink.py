@@ -1,0 +1,162 @@
+"""Record: finished rows into the manifest, in parts, then the run record as the commit marker.
+
+Rows are flushed every `flush_every` rows and every `FLUSH_SECONDS`, and on every way
+out of a run (`close`, from a `finally`), so a killed or interrupted run redoes little.
+When DST stays unreachable, manifest files go to the local spool (store/spool.py) and
+the next run or rerun uploads them first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import __version__, store
+from pipeline.run.circuit import Circuit
+from pipeline.run.row import ManifestRow, to_table
+from pipeline.store import manifest, spool
+
+FLUSH_SECONDS = 30.0
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class RunInfo:
+    """What the run record says besides the counts."""
+
+    run_id: str
+    started_at: dt.datetime
+    spec: object  # spec.RunSpec
+    config_key: str
+    model: object  # models.LoadedModel
+    dst_fs: object
+    dst_root: str
+    skipped: int = 0
+    quarantined: int = 0
+
+
+class RowSink:
+    def __init__(self, info: RunInfo, worker: str, *, flush_every: int = 1000, progress: bool = False):
+        self.info, self.worker, self.flush_every = info, worker, flush_every
+        self.pending: list[ManifestRow] = []
+        self.parts = 0
+        self.last_flush = time.monotonic()
+        self.counts = {"ok": 0, "failed": 0}
+        self.megapixels = [0.0, 0.0]
+        self.device_seconds = 0.0
+        self.failures: list[dict] = []
+        self.bar = _progress_bar(progress)
+        self.circuit = Circuit(info.spec.storage_failures)
+        self.spooled: list[str] = []  # manifest files kept locally: DST was unreachable
+        self.storage_error = ""
+
+    def add(self, row: ManifestRow) -> None:
+        self.circuit.record(row)
+        self.pending.append(row)
+        self.counts["ok" if row.ok else "failed"] += 1
+        self.megapixels[0] += (row.width or 0) * (row.height or 0) / 1e6
+        self.megapixels[1] += (row.out_width or 0) * (row.out_height or 0) / 1e6
+        self.device_seconds += row.seconds_infer or 0.0
+        if not row.ok and len(self.failures) < 20:
+            self.failures.append({"image_id": row.image_id, "error_type": row.error_type, "error": row.error})
+        self.bar(row, self.counts["failed"])
+        if len(self.pending) >= self.flush_every or time.monotonic() - self.last_flush > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if self.pending:
+            name = f"{self.worker}-{self.parts:05d}"
+            self.write(*manifest.rows_part(self.info.run_id, name, to_table(self.pending)))
+            self.parts += 1
+            self.pending = []
+
+    def write(self, relative: str, data: bytes) -> None:
+        """A manifest file to DST, or to the local spool when DST stays unreachable
+        (once it was, the rest of the run goes to the spool too: rows stay in order)."""
+        if not self.storage_error:
+            try:
+                manifest.write_file(self.info.dst_fs, self.info.dst_root, relative, data)
+                return
+            except store.StorageUnavailable as error:
+                self.storage_error = str(error)
+        spool.keep(spool.dst_url(self.info.dst_fs, self.info.dst_root), relative, data)
+        self.spooled.append(relative)
+
+    def close(self, *, executor: str, engine: dict, interrupted: str = "", extra: dict | None = None) -> dict:
+        """Flush the last rows, then write the run record; return the summary."""
+        self.flush()
+        info, finished_at = self.info, now()
+        summary = {
+            "run_id": info.run_id,
+            "ok": self.counts["ok"],
+            "failed": self.counts["failed"],
+            "skipped": info.skipped,
+            "quarantined": info.quarantined,
+            "total": self.counts["ok"] + self.counts["failed"] + info.skipped + info.quarantined,
+            "seconds": (finished_at - info.started_at).total_seconds(),
+            "megapixels_in": round(self.megapixels[0], 6),
+            "megapixels_out": round(self.megapixels[1], 6),
+            "device_seconds": round(self.device_seconds, 3),
+            "manifest": store.full_uri(info.dst_fs, manifest.manifest_dir(info.dst_root)),
+            "failures": self.failures,
+        }
+        if interrupted:
+            summary["interrupted"] = interrupted
+        model = info.model
+        record = {
+            **{k: v for k, v in summary.items() if k != "failures"},
+            "config": info.spec.public(),
+            "config_key": info.config_key,
+            "executor": executor,
+            "model": {"name": model.name, "arch": model.arch, "scale": model.scale, "sha256": model.sha256,
+                      "params": model.params, "source": model.source},
+            "engine": engine,
+            "started_at": info.started_at.isoformat(),
+            "finished_at": finished_at.isoformat(),
+            "versions": _versions(),
+            **(extra or {}),
+        }
+        self.write(*manifest.run_record(info.run_id, record))
+        if self.storage_error:
+            summary["storage_error"] = self.storage_error
+            summary["spooled"] = {"files": len(self.spooled),
+                                  "folder": str(spool.spool_dir(spool.dst_url(info.dst_fs, info.dst_root)))}
+        return summary
+
+
+def _progress_bar(enabled: bool):
+    """A live bar: images done, output megapixels/s, failures."""
+    if not enabled:
+        return lambda row, failed: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="img", file=sys.stderr, dynamic_ncols=True)
+    started, out_mp = time.perf_counter(), [0.0]
+
+    def update(row, failed):
+        out_mp[0] += (row.out_width or 0) * (row.out_height or 0) / 1e6
+        bar.set_postfix({"Mpx/s": f"{out_mp[0] / max(1e-9, time.perf_counter() - started):.2f}", "failed": failed},
+                        refresh=False)
+        bar.update(1)
+
+    return update
+
+
+def _versions() -> dict:
+    import fsspec
+    import PIL
+    import pyarrow
+    import torch
+
+    return {"pipeline": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "pillow": PIL.__version__, "pyarrow": pyarrow.__version__, "fsspec": fsspec.__version__,
+            "numpy": np.__version__}

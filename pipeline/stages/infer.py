@@ -1,0 +1,68 @@
+"""Infer: tile, run the model, stitch (inference/engine.py), for a group of images at once.
+
+Tiles of several images share forward passes. Whether an image is tiled, and how, is
+decided per image (`Upscaler.tiling_for`), so an image's output does not depend on the
+images batched with it. If the group fails, each image is retried alone so only the
+image at fault fails. A raster's outputs are mapped back to its bands and nodata here.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pipeline.stages import ImageWork, stage
+from pipeline.stages import stream
+
+
+def infer(group: list[ImageWork], upscaler, scale: float | None, time_limit: float | None) -> None:
+    """Upscale every live image of `group`; `time_limit` is seconds per image."""
+    for work in group:
+        if work.alive and work.stream is not None:
+            _stream(work, upscaler, scale, time_limit)
+    live = [w for w in group if w.alive and w.decoded is not None]
+    if not live:
+        return
+    started = time.perf_counter()
+    inputs, spans = [], []
+    for work in live:
+        ins = work.inputs if work.plan is not None else [work.decoded.pixels]
+        spans.append((len(inputs), len(ins)))
+        inputs.extend(ins)
+    deadline = time.monotonic() + time_limit * len(live) if time_limit else None
+    try:
+        outputs = upscaler.upscale(inputs, scale, deadline=deadline) if inputs else []
+    except Exception as error:
+        if len(live) == 1:
+            live[0].fail(error, "infer")
+            live[0].row.seconds_infer = time.perf_counter() - started
+            return
+        for work in live:
+            infer([work], upscaler, scale, time_limit)
+        return
+    elapsed = time.perf_counter() - started
+    total = sum(w.decoded.pixels.shape[0] * w.decoded.pixels.shape[1] for w in live)
+    for work, (start, count) in zip(live, spans):
+        h, w = work.decoded.pixels.shape[:2]
+        work.row.seconds_infer = elapsed * h * w / total
+        _record_tiling(work, upscaler, h, w)
+        if work.plan is None:
+            work.output = outputs[start]
+            continue
+        with stage(work, "nodata restore"):
+            work.output = work.plan.restore(outputs[start : start + count], work.decoded.pixels, work.valid,
+                                            upscaler.output_size(h, w, scale))
+            work.inputs = None
+
+
+def _record_tiling(work: ImageWork, upscaler, height: int, width: int) -> None:
+    tile, overlap = upscaler.tiling_for(height, width)
+    work.row.tile, work.row.overlap = str(tile), overlap
+
+
+def _stream(work: ImageWork, upscaler, scale: float | None, time_limit: float | None) -> None:
+    started = time.perf_counter()
+    deadline = time.monotonic() + time_limit if time_limit else None
+    with stage(work, "infer"):
+        stream.run(work.stream, upscaler, scale, deadline=deadline)
+        _record_tiling(work, upscaler, *stream.window_shape(work.stream, upscaler, scale))
+    work.row.seconds_infer = time.perf_counter() - started
