@@ -215,11 +215,60 @@ def test_resize_torch_rejects_integer_tensors():
         resize_torch(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), (8, 8))
 
 
-def test_resize_torch_reuses_cached_weight_matrices():
-    from pipeline.inference.resize import _weight_matrix
+def test_resize_torch_reuses_cached_taps():
+    from pipeline.inference.resize import _taps
 
     x = torch.rand(1, 3, 21, 23)
     resize_torch(x, (42, 46))
-    hits = _weight_matrix.cache_info().hits
+    hits = _taps.cache_info().hits
     resize_torch(x, (42, 46))
-    assert _weight_matrix.cache_info().hits == hits + 2
+    assert _taps.cache_info().hits == hits + 2
+
+
+def test_resize_torch_of_a_1_by_65537_image_is_banded_and_bit_identical_to_imresize():
+    """A dense weight matrix for this width would be 65537 x 131074 float64: 64 GiB."""
+    img = random_image((1, 65537, 3), np.float64)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    got = resize_torch(x, (2, 131074))[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(got, imresize(img, output_size=(2, 131074)))
+
+
+@pytest.mark.parametrize("kernel", ["cubic", "lanczos3"])
+@pytest.mark.parametrize("out_hw", [(10, 13), (60, 80), (45, 26), (17, 120), (91, 7)])
+def test_resize_torch_float64_is_bit_identical_to_imresize_whatever_the_banding(kernel, out_hw, monkeypatch):
+    from pipeline.inference import resize
+
+    img = random_image((30, 40, 3), np.float64, seed=3)
+    expected = imresize(img, output_size=out_hw, kernel=kernel)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    for elements in (None, 300, 1):  # one band; a few rows a band; a row a band
+        if elements:
+            monkeypatch.setattr(resize, "_BAND_ELEMENTS", elements)
+        got = resize_torch(x, out_hw, kernel=kernel)[0].permute(1, 2, 0).numpy()
+        assert np.array_equal(got, expected)
+
+
+def test_resize_torch_calls_check_before_every_band_and_stops_when_it_raises(monkeypatch):
+    from pipeline.inference import resize
+
+    monkeypatch.setattr(resize, "_BAND_ELEMENTS", 3 * 80)  # one output row a band
+    calls = []
+    resize_torch(torch.rand(1, 3, 30, 40), (60, 80), check=lambda: calls.append(1))
+    assert len(calls) == 60
+
+    def stop():
+        calls.append(1)
+        if len(calls) > 63:
+            raise TimeoutError("deadline")
+
+    with pytest.raises(TimeoutError):
+        resize_torch(torch.rand(1, 3, 30, 40), (60, 80), check=stop)
+    assert len(calls) == 64
+
+
+def test_resize_plan_reads_only_the_input_rows_under_a_band():
+    from pipeline.inference.resize import ResizePlan
+
+    plan = ResizePlan((1000, 10), (2000, 10))
+    lo, hi = plan.input_rows(1000, 1010)  # output rows 1000..1009 sit at input 499.75..504.25
+    assert (lo, hi) == (498, 507)

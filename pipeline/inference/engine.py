@@ -1,16 +1,28 @@
 """The inference engine: arrays in, upscaled arrays out, on CPU or CUDA.
 
-Plain Python and PyTorch; no storage, no Ray. One `Upscaler` holds a loaded
-model on a device and upscales lists of images, batching equal-shaped tiles
-from all of them into one forward pass.
+Plain Python and PyTorch; no storage, no Ray. One `Upscaler` holds a private
+copy of a loaded model on a device and upscales lists of images.
 
-How an output scale that differs from the model's is reached:
-- interpolation models (bicubic, lanczos) resize straight to the target size;
+How an output scale that differs from the model's is reached (`model_passes`):
+- interpolation models (bicubic, lanczos) resize straight to the target size,
+  in bands of output rows (bounded memory, the time limit checked between bands);
+- a scale-1 model (restoration: denoise, deblur, ...) runs once, then the
+  MATLAB-compatible bicubic resizes its output to the target, up or down;
 - otherwise the model runs k times, the smallest k with scale**k >= target
   (x8 from an x4 model is two passes), and when that overshoots, the result is
   downscaled to the target with the antialiased MATLAB-compatible bicubic
-  (x3 or x2.5 from an x4 model is one x4 pass, then a downscale). Output size
-  is round(input size * target scale).
+  (x3 or x2.5 from an x4 model is one x4 pass, then a downscale).
+Output size is round(input size * target scale).
+
+An image's output bytes depend on the image and the engine's settings only:
+whole image or tiles is decided per image (`tiling_for`), the automatic tile is
+a fixed function of the model and the device kind (never of free memory), and
+on a CPU every tile runs in a forward pass of its own (oneDNN picks other
+kernels for batches of 1 and of more: ESPCN on 24 px tiles, 2.5e-7 apart).
+
+The per-image time limit is a `deadline` (a time.monotonic() value) given to
+`upscale`; it is checked before and after every forward pass, between model
+passes and between the bands of every resize.
 
 Pixel values: uint8, uint16 and int16 map to [0, 1] by their full range; float
 images already in [0, 1] pass as they are, others are mapped by their min and
@@ -23,27 +35,38 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 
 from pipeline.models import LoadedModel
-from pipeline.inference.resize import resize_torch
+from pipeline.inference.resize import ResizePlan, resize_torch
 from pipeline.inference.tiling import Stitcher, Tile, plan_tiles
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_TILE = 32
-CPU_BATCH_PIXELS = 16384
+CPU_MEMORY_BUDGET = 2 << 30  # bytes of activations on a CPU, whatever the host has free
+CUDA_MEMORY_SHARE = 0.5  # of the card's total memory
+MAX_BATCH = 16
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """The one place a device name becomes a device. "auto": the first CUDA
+    GPU if there is one, else the CPU. A CUDA device that is not there fails
+    here, with its name, not at the first forward pass."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use 'cpu' or 'auto')")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return chosen
 
 
 def pick_precision(precision: str, device: torch.device, model: LoadedModel) -> str:
@@ -60,20 +83,35 @@ def pick_precision(precision: str, device: torch.device, model: LoadedModel) -> 
 
 
 def memory_budget(device: torch.device) -> int:
-    """Bytes the engine may use for activations: a share of what is free."""
+    """Bytes the engine may use for activations. Fixed per device kind (a
+    constant on CPU, a share of the card's total memory on CUDA), never what is
+    free right now: the tile decides the output bytes, so it must not vary
+    between two engines built seconds apart."""
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free * 0.6)
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        available = 8 << 30
-    return int(min(4 << 30, available // 4))
+        return int(torch.cuda.get_device_properties(device).total_memory * CUDA_MEMORY_SHARE)
+    return CPU_MEMORY_BUDGET
+
+
+def model_passes(model_scale: int, target: float) -> int:
+    """How many times a x`model_scale` model runs to reach an output scale
+    `target`: the smallest k with model_scale**k >= target, at least one. A
+    scale-1 model runs once; the bicubic resize to the target does the rest."""
+    if model_scale < 1 or target <= 0:
+        raise ValueError(f"need a model scale >= 1 and a positive target, not {model_scale} and {target}")
+    passes = 1
+    if model_scale > 1:
+        while model_scale**passes < target * (1 - 1e-9):
+            passes += 1
+    return passes
 
 
 def _model_width(module: torch.nn.Module) -> int:
     widths = [p.shape[0] for p in module.parameters() if p.dim() == 4]
     return max(widths, default=3)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -87,6 +125,11 @@ class ImageTimeLimitError(RuntimeError):
     """An image (or group) took longer than its per-image time limit."""
 
 
+def _check(deadline: float | None, where: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ImageTimeLimitError(f"over the per-image time limit (--time-limit); checked {where}")
+
+
 @dataclass
 class EngineStats:
     tiles: int = 0
@@ -98,7 +141,14 @@ class EngineStats:
 
 
 class Upscaler:
-    """A model on a device, ready to upscale numpy images of any supported layout."""
+    """A model on a device, ready to upscale numpy images of any supported layout.
+
+    The model is copied: the caller's LoadedModel keeps its module, dtype and
+    device, so engines of different precisions can share one LoadedModel.
+    `tile`: None chooses one per image (`tiling_for`), 0 runs images whole, a
+    number is a tile side in input pixels; it must hold twice the overlap.
+    `batch_size` caps tiles per forward pass on CUDA; a CPU runs them one by one.
+    """
 
     def __init__(
         self,
@@ -115,24 +165,44 @@ class Upscaler:
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device, model)
         self.dtype = _DTYPES[self.precision]
-        self.overlap = model.overlap if overlap is None else overlap
-        self.requested_tile = tile
+        self.interpolation = model.arch in ("bicubic", "lanczos")
+        self.overlap = model.overlap if overlap is None else int(overlap)
+        if self.overlap < 0:
+            raise ValueError(f"overlap must be >= 0, not {self.overlap}")
+        self.requested_tile = None if tile is None else int(tile)
         self.batch_size = batch_size
         self.budget = memory_budget_bytes or memory_budget(self.device)
         self.stats = EngineStats()
-        self.deadline: float | None = None  # time.monotonic() value; set per call by the runner
-        self.interpolation = model.arch in ("bicubic", "lanczos")
-        module = model.module.eval()
+        self._oom_tile: int | None = None  # lowered by an out-of-memory retry, for this engine from then on
+        module = copy.deepcopy(model.module).eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        self._fp32_module = None
         # channels_last suits cuDNN and oneDNN alike (EDSR on this CPU: 17% faster).
         module = module.to(self.device, memory_format=torch.channels_last)
-        self.module = module.to(self.device, dtype=self.dtype)
-        width = _model_width(model.module)
+        self.module = module.to(dtype=self.dtype)
+        self._fp32_module = None
         # Activation bytes per input pixel: a few feature maps alive at once,
         # the widest at the upsampled resolution.
+        width = _model_width(self.module)
         self.bytes_per_pixel = 4 * 3 * width * max(1, model.scale**2) if not self.interpolation else 64
+        m = max(1, model.size_multiple)
+        # The smallest tile an automatic choice or an out-of-memory retry may use.
+        self.min_tile = _round_up(max(MIN_TILE, 2 * self.overlap, model.min_size), m)
+        if self.requested_tile is not None and not self.interpolation:
+            self._check_tile(self.requested_tile)
+
+    def _check_tile(self, tile: int) -> None:
+        if tile < 0:
+            raise ValueError(f"tile must be >= 0 (0: whole images), not {tile}")
+        if tile and tile < 2 * self.overlap:
+            raise ValueError(
+                f"tile {tile} cannot hold the overlap {self.overlap}: a tile must be at least twice the "
+                f"overlap ({2 * self.overlap} pixels); pass tile >= {2 * self.overlap}, a smaller overlap, "
+                f"or no tile to have one chosen")
+        if tile and tile < self.model.min_size:
+            raise ValueError(
+                f"tile {tile} is smaller than the {self.model.min_size} pixels model {self.model.name} needs; "
+                f"pass tile >= {self.model.min_size}, or no tile to have one chosen")
 
     # ------------------------------------------------------------------ public
 
@@ -141,7 +211,7 @@ class Upscaler:
         return {
             "device": str(self.device),
             "precision": self.precision,
-            "tile": self.requested_tile if self.requested_tile is not None else "auto",
+            "tile": "auto" if self.requested_tile is None else self.requested_tile,
             "overlap": self.overlap,
         }
 
@@ -149,101 +219,141 @@ class Upscaler:
         s = self.model.scale if scale is None else scale
         return max(1, round(height * s)), max(1, round(width * s))
 
-    def upscale(self, images: list[np.ndarray], scale: float | None = None) -> list[np.ndarray]:
+    def auto_tile(self) -> int:
+        """Largest tile whose activations fit the memory budget at batch size 1,
+        grown where needed to hold the overlap and the model's minimum."""
+        side = math.isqrt(int(self.budget // self.bytes_per_pixel))
+        m = max(1, self.model.size_multiple)
+        return max(self.min_tile, side // m * m)
+
+    def tiling_for(self, height: int, width: int) -> tuple[int, int]:
+        """(tile, overlap) that a model pass over an input of this size runs
+        with; (0, 0) when it runs whole. It depends on the size and this
+        engine's settings only, never on the other images of a call; an
+        out-of-memory retry lowers the tile for this engine from then on, so
+        ask after `upscale` to record what was used. Automatic tiling runs an
+        image whole while its area fits the tile's."""
+        if self.interpolation:
+            return 0, 0
+        tile = self.requested_tile
+        if tile is None:
+            tile = self.auto_tile() if self._oom_tile is None else min(self.auto_tile(), self._oom_tile)
+            return (0, 0) if height * width <= tile * tile else (tile, self.overlap)
+        if self._oom_tile is not None:
+            tile = min(tile, self._oom_tile) if tile else self._oom_tile
+        if tile == 0 or (height <= tile and width <= tile):
+            return 0, 0
+        return tile, self.overlap
+
+    def upscale(self, images: list[np.ndarray], scale: float | None = None, *,
+                deadline: float | None = None) -> list[np.ndarray]:
         """Upscale HxWxC images (uint8, uint16, int16 or float32; C = 1..4), keeping dtype and C.
+        `deadline` (time.monotonic()) raises ImageTimeLimitError once passed.
         Rasters with other band counts go through raster.BandPlan, which hands this
         float32 planes in [0, 1]."""
         target = float(self.model.scale if scale is None else scale)
         if target <= 0:
             raise ValueError(f"scale must be positive, not {target}")
         prepared = [_to_unit(img) for img in images]
-        colors = [p.color for p in prepared]
-        if self.interpolation:  # a gray image's three equal planes: resize one, the same bits
-            upscaled = [self._interpolate(c[:1], target).expand(3, -1, -1) if p.gray else self._interpolate(c, target)
-                        for p, c in zip(prepared, colors)]
-        else:
-            upscaled = self._model_passes(colors, target)
+        if self.interpolation:
+            return [self._interpolate(p, target, deadline) for p in prepared]
+        upscaled = self._model_passes([p.color() for p in prepared], target, deadline)
+        check = None if deadline is None else partial(_check, deadline, "between bands of the alpha resize")
         results = []
         for p, color in zip(prepared, upscaled):
-            out_hw = tuple(color.shape[-2:])
             alpha = None
-            if p.alpha is not None:
-                alpha = resize_torch(p.alpha[None].double(), out_hw, kernel="cubic").float()[0]
+            if p.has_alpha:
+                out_hw = tuple(color.shape[-2:])
+                alpha = resize_torch(p.alpha()[None].double(), out_hw, kernel="cubic", check=check).float()[0]
             results.append(p.restore(color, alpha))
         return results
 
     # ---------------------------------------------------------------- internals
 
-    def _interpolate(self, color: torch.Tensor, target: float) -> torch.Tensor:
-        h, w = color.shape[-2:]
+    def _interpolate(self, p: _Prepared, target: float, deadline: float | None) -> np.ndarray:
+        """Resize band by band, from the input's own pixels into the output
+        array: no whole-image float copy (an 8000 x 8000 RGB x2 would need 6 GiB
+        of float64 output), and the deadline checked between bands."""
+        out_hw = self.output_size(p.height, p.width, target)
         kernel = "cubic" if self.model.arch == "bicubic" else "lanczos3"
-        return resize_torch(color[None].double(), self.output_size(h, w, target), kernel=kernel).float()[0]
+        color_plan = ResizePlan((p.height, p.width), out_hw, kernel)
+        alpha_plan = ResizePlan((p.height, p.width), out_hw, "cubic") if p.has_alpha else None
+        planes = (1 if p.gray else 3) + p.has_alpha  # a gray image's three equal planes: resize one
+        out = np.empty((*out_hw, p.channels), dtype=p.dtype)
+        for r0, r1 in color_plan.bands(planes):
+            _check(deadline, "between bands of the resize")
+            lo, hi = color_plan.input_rows(r0, r1)
+            if alpha_plan is not None:
+                a_lo, a_hi = alpha_plan.input_rows(r0, r1)
+                lo, hi = min(lo, a_lo), max(hi, a_hi)
+            unit = p.unit(lo, hi)
+            color = unit[:1] if p.gray else unit[:3]
+            color = color_plan.rows(color[None].double(), r0, r1, lo).float()[0]
+            alpha = None
+            if alpha_plan is not None:
+                alpha = alpha_plan.rows(unit[-1:][None].double(), r0, r1, lo).float()[0]
+            out[r0:r1] = p.restore(color, alpha)
+        return out
 
-    def _model_passes(self, colors: list[torch.Tensor], target: float) -> list[torch.Tensor]:
-        s = self.model.scale
-        passes = max(1, math.ceil(math.log(target, s) - 1e-9)) if target > 1 else 1
+    def _model_passes(self, colors: list[torch.Tensor], target: float, deadline: float | None) -> list[torch.Tensor]:
         sizes = [self.output_size(*c.shape[-2:], target) for c in colors]
         current = colors
-        for _ in range(passes):
+        for k in range(model_passes(self.model.scale, target)):
+            if k:
+                _check(deadline, "between model passes")
             if self.model.in_channels == 1:  # a single-channel model sees each plane as an image
-                planes = self._one_pass([plane[None] for c in current for plane in c])
+                planes = self._one_pass([plane[None] for c in current for plane in c], deadline)
                 current = [torch.cat(planes[i : i + 3]) for i in range(0, len(planes), 3)]
             else:
-                current = self._one_pass(current)
+                current = self._one_pass(current, deadline)
+        check = None if deadline is None else partial(_check, deadline, "between bands of the resize to the target")
         return [
-            c if tuple(c.shape[-2:]) == size else resize_torch(c[None], size, kernel="cubic")[0]
+            c if tuple(c.shape[-2:]) == size else resize_torch(c[None], size, kernel="cubic", check=check)[0]
             for c, size in zip(current, sizes)
         ]
 
-    def auto_tile(self) -> int:
-        """Largest tile whose activations fit the memory budget at batch size 1."""
-        side = int(math.sqrt(self.budget / self.bytes_per_pixel))
-        m = max(1, self.model.size_multiple)
-        return max(MIN_TILE, side // m * m)
-
-    def _one_pass(self, colors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """One model pass over several images, retried with halved tiles on OOM."""
-        tile = self.requested_tile
-        if tile is None:
-            tile = self.auto_tile()
-            if all(c.shape[-2] * c.shape[-1] <= tile * tile for c in colors):
-                tile = 0  # every image fits whole
+    def _one_pass(self, colors: list[torch.Tensor], deadline: float | None) -> list[torch.Tensor]:
+        """One model pass over several images, each with its own tiling; on
+        out of memory, retried with the tile halved, never below `min_tile`."""
         while True:
+            tilings = [self.tiling_for(*c.shape[-2:]) for c in colors]
             try:
-                return self._tiled_pass(colors, tile)
+                return self._tiled_pass(colors, tilings, deadline)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
                 if not is_out_of_memory(error):
                     raise
-                biggest = max(max(c.shape[-2:]) for c in colors)
-                smaller = (tile or biggest) // 2
-                if smaller < max(MIN_TILE, 2 * self.overlap + 1):
-                    raise
+                # The side of the largest piece run: a whole image counts as the square of its area.
+                side = max(t or math.isqrt(c.shape[-2] * c.shape[-1] - 1) + 1 for c, (t, _) in zip(colors, tilings))
+                m = max(1, self.model.size_multiple)
+                smaller = max(self.min_tile, side // 2 // m * m)
+                if smaller >= side:
+                    raise RuntimeError(
+                        f"out of memory at tile {side}, and a smaller tile could not hold the overlap "
+                        f"{self.overlap} (smallest tile {self.min_tile}): {error}") from error
                 self.stats.oom_retries += 1
-                self.stats.history.append(f"out of memory at tile {tile or 'whole'}; retrying at {smaller}")
-                tile = smaller
+                self.stats.history.append(f"out of memory at tile {side}; retrying at {smaller}")
+                self._oom_tile = smaller
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 
-    def _tiled_pass(self, colors: list[torch.Tensor], tile: int) -> list[torch.Tensor]:
+    def _tiled_pass(self, colors: list[torch.Tensor], tilings: list[tuple[int, int]],
+                    deadline: float | None) -> list[torch.Tensor]:
         s = self.model.scale
-        overlap = min(self.overlap, tile // 2) if tile else 0
         work: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
         stitchers = []
-        for index, color in enumerate(colors):
+        for index, (color, (tile, overlap)) in enumerate(zip(colors, tilings)):
             c, h, w = color.shape
             stitchers.append(Stitcher(c, h, w, s, overlap, self._stitch_device(c * h * w * s * s)))
             for t in plan_tiles(h, w, tile, overlap):
                 work.setdefault(t.shape, []).append((index, t))
-        batches_done = 0
         for shape, items in work.items():
             per_batch = self._batch_size(shape)
             for start in range(0, len(items), per_batch):
                 chunk = items[start : start + per_batch]
                 batch = torch.stack([colors[i][:, t.y0 : t.y1, t.x0 : t.x1] for i, t in chunk])
-                if batches_done and self.deadline is not None and time.monotonic() > self.deadline:
-                    raise ImageTimeLimitError("over the per-image time limit (--time-limit); checked between tiles")
+                _check(deadline, "before a forward pass")
                 out = self._forward(batch)
-                batches_done += 1
+                _check(deadline, "after a forward pass")
                 for (i, t), upscaled in zip(chunk, out):
                     stitchers[i].add(t, upscaled)
         return [st.result() for st in stitchers]
@@ -257,16 +367,17 @@ class Upscaler:
         return torch.device("cpu")
 
     def _batch_size(self, shape: tuple[int, int]) -> int:
-        """As many tiles as the memory budget allows on a GPU. On a CPU, batching
-        large tiles is slower (EDSR x4, 4 x 192x128: 3.1 s batched, 1.9 s one by
-        one), so only small tiles are batched, up to 16K pixels a batch."""
+        """Tiles per forward pass. On a CPU one: oneDNN computes a tile alone
+        and in a batch with different kernels (ESPCN, 24 px tiles: 2.5e-7
+        apart), which would make an image's bytes depend on its neighbours, and
+        batching gained under 5% there (EDSR x4, 16 tiles of 32 px: 0.445 s vs
+        0.423 s). On CUDA as many as the budget allows, up to MAX_BATCH."""
+        if self.device.type != "cuda":
+            return 1
         if self.batch_size:
             return self.batch_size
-        pixels = shape[0] * shape[1]
-        limit = self.budget // max(1, self.bytes_per_pixel * pixels)
-        if self.device.type != "cuda":
-            limit = min(limit, CPU_BATCH_PIXELS // max(1, pixels))
-        return int(max(1, min(16, limit)))
+        limit = self.budget // max(1, self.bytes_per_pixel * shape[0] * shape[1])
+        return int(max(1, min(MAX_BATCH, limit)))
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Model forward on a batch of tiles (N, C, h, w) float32 -> float32 on the
@@ -316,18 +427,67 @@ class Upscaler:
 
 @dataclass
 class _Prepared:
-    """An image as model input, plus what is needed to map the output back."""
+    """An image as given, plus how its pixels map to model input [0, 1] and
+    back. Pixels are converted when asked for, in whole or by rows, so the
+    banded interpolation never holds a float copy of the whole image."""
 
-    color: torch.Tensor  # (1 or 3, H, W) float32 in [0, 1]
-    alpha: torch.Tensor | None  # (1, H, W)
-    dtype: np.dtype
-    channels: int
-    gray: bool
+    pixels: np.ndarray  # H x W x C, as given
     value_range: tuple[float, float] | None  # float images mapped by min/max
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.pixels.shape[2]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.pixels.dtype
+
+    @property
+    def gray(self) -> bool:
+        return self.channels in (1, 2)
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.channels in (2, 4)
+
+    def unit(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """Rows [lo, hi) of every channel as (C, rows, W) float32 in [0, 1]."""
+        rows = self.pixels[lo:hi]
+        if rows.dtype in (np.uint8, np.uint16):
+            unit = rows.astype(np.float32) / float(np.iinfo(rows.dtype).max)
+        elif rows.dtype == np.int16:  # the type's full range, -32768..32767 -> 0..1
+            unit = (rows.astype(np.float32) + 32768.0) / 65535.0
+        else:
+            unit = rows.astype(np.float32)
+            if self.value_range is not None:
+                low, high = self.value_range
+                unit = (unit - low) / (high - low)
+            unit = np.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0)
+        return torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)))
+
+    def color(self) -> torch.Tensor:
+        """(3, H, W) model input; a gray image as three equal planes."""
+        unit = self.unit()
+        if self.gray:
+            return unit[:1].expand(3, -1, -1).contiguous()
+        return unit[:3]
+
+    def alpha(self) -> torch.Tensor:
+        """(1, H, W)"""
+        return self.unit()[-1:]
 
     def restore(self, color: torch.Tensor, alpha: torch.Tensor | None) -> np.ndarray:
         """Back to the input's dtype and layout, quantised where `color` is (on a
-        GPU, only the final integer image crosses to the host)."""
+        GPU, only the final integer image crosses to the host). `color` has 3
+        planes, or 1 for a gray image resized as one plane."""
         if self.gray and color.shape[0] == 3:
             color = color.mean(dim=0, keepdim=True)
         planes = color if alpha is None else torch.cat([color, alpha.to(color.device)], dim=0)
@@ -352,26 +512,13 @@ def _to_unit(pixels: np.ndarray) -> _Prepared:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
         raise ValueError(f"expected an H x W x C image with 1 to 4 channels, got shape {pixels.shape}")
-    channels = pixels.shape[2]
     value_range = None
-    if pixels.dtype in (np.uint8, np.uint16):
-        unit = pixels.astype(np.float32) / float(np.iinfo(pixels.dtype).max)
-    elif pixels.dtype == np.int16:  # the type's full range, -32768..32767 -> 0..1
-        unit = (pixels.astype(np.float32) + 32768.0) / 65535.0
-    elif np.issubdtype(pixels.dtype, np.floating):
+    if np.issubdtype(pixels.dtype, np.floating):
         unit = pixels.astype(np.float32)
         finite = unit[np.isfinite(unit)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         if lo < 0.0 or hi > 1.0:
             value_range = (lo, hi if hi > lo else lo + 1.0)
-            unit = (unit - lo) / (value_range[1] - lo)
-        unit = np.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0)
-    else:
+    elif pixels.dtype not in (np.uint8, np.uint16, np.int16):
         raise ValueError(f"unsupported pixel type {pixels.dtype}")
-    tensor = torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)))
-    gray = channels in (1, 2)
-    color = tensor[:1] if gray else tensor[:3]
-    alpha = tensor[channels - 1 :] if channels in (2, 4) else None
-    if gray:
-        color = color.expand(3, -1, -1).contiguous()
-    return _Prepared(color, alpha, pixels.dtype, channels, gray, value_range)
+    return _Prepared(pixels, value_range)

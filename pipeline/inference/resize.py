@@ -7,14 +7,19 @@ for integer images differ from other libraries. PSNR figures are only
 comparable to published ones when the LR images are made the MATLAB way.
 
 `imresize` mirrors MATLAB for numpy images (bit-exact on Set5/Set14 LR files);
-`resize_torch` applies the same resampling to float NCHW tensors as two
-matrix products, so it runs on any device and is differentiable.
+`resize_torch` applies the same resampling to float NCHW tensors on any
+device, differentiably. Both are separable and banded: an output value reads
+only its kernel's taps (4 for bicubic upscaling, 4 / scale when downscaling),
+gathered, never a dense output x input matrix; `ResizePlan` lets a caller
+produce the output band by band (bounded memory, a deadline checked between
+bands).
 """
 
 from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -164,33 +169,112 @@ def imresize(
     return _resize_axis(out, second, out_hw[second], scales[second], kernel, antialias, dtype)
 
 
+# ------------------------------------------------------------------ torch
+
+_BAND_ELEMENTS = 1 << 20  # values per band and pass: 8 MiB in float64 (faster than larger or smaller bands)
+
+
 @lru_cache(maxsize=64)
-def _weight_matrix(
-    in_length: int, out_length: int, kernel: str, antialias: bool, device: str, dtype: torch.dtype
-) -> torch.Tensor:
-    """Dense (out, in) matrix of the contributions() weights; mirrored
-    indices that repeat have their weights added."""
+def _taps(in_length: int, out_length: int, kernel: str, antialias: bool, device: str, dtype: torch.dtype):
+    """contributions() as tensors on `device`: (indices, weights), each (out, taps)."""
     indices, weights = contributions(in_length, out_length, out_length / in_length, kernel, antialias)
-    matrix = np.zeros((out_length, in_length), dtype=np.float64)
-    rows = np.repeat(np.arange(out_length), indices.shape[1])
-    np.add.at(matrix, (rows, indices.ravel()), weights.ravel())
-    return torch.from_numpy(matrix).to(device=device, dtype=dtype)
+    return (torch.from_numpy(indices.astype(np.int64)).to(device),
+            torch.from_numpy(weights.copy()).to(device=device, dtype=dtype))
+
+
+def _gather_sum(x: torch.Tensor, dim: int, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_t weights[:, t] * x.index_select(dim, indices[:, t]) for dim -2 or -1,
+    the taps added in MATLAB's order (as imresize adds them: float64 results are
+    bit-identical). Without autograd, in place, and along the width on the
+    transposed band, so that every tap copies whole contiguous rows."""
+    if x.requires_grad and torch.is_grad_enabled():
+        shape = (-1, 1) if dim == -2 else (-1,)
+        acc = x.index_select(dim, indices[:, 0]) * weights[:, 0].reshape(shape)
+        for t in range(1, indices.shape[1]):
+            acc = acc + x.index_select(dim, indices[:, t]) * weights[:, t].reshape(shape)
+        return acc
+    if dim == -1:
+        return _gather_rows(x.transpose(-1, -2), indices, weights).transpose(-1, -2)
+    return _gather_rows(x, indices, weights)
+
+
+def _gather_rows(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    x = x.contiguous()
+    acc = x.index_select(-2, indices[:, 0]).mul_(weights[:, 0, None])
+    tmp = torch.empty_like(acc)
+    for t in range(1, indices.shape[1]):
+        torch.index_select(x, -2, indices[:, t], out=tmp)
+        acc.add_(tmp.mul_(weights[:, t, None]))
+    return acc
+
+
+class ResizePlan:
+    """A MATLAB-style resize of (..., in_h, in_w) to out_hw, computed in bands
+    of output rows. Why bands: each output value reads only its few taps, so a
+    band needs only the input rows under it, and memory stays a band's worth
+    whatever the image size (a dense weight matrix for a 1 x 65537 image would
+    be 64 GiB). The values do not depend on the banding."""
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: str = "cubic",
+                 antialias: bool = True, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64):
+        self.in_h, self.in_w = int(in_hw[0]), int(in_hw[1])
+        self.out_h, self.out_w = int(out_hw[0]), int(out_hw[1])
+        if min(self.in_h, self.in_w, self.out_h, self.out_w) < 1:
+            raise ValueError(f"cannot resize {tuple(in_hw)} to {tuple(out_hw)}")
+        key = (kernel, antialias, str(device), dtype)
+        self.h_idx, self.h_w = _taps(self.in_h, self.out_h, *key)
+        self.w_idx, self.w_w = _taps(self.in_w, self.out_w, *key)
+        # MATLAB: the dimension with the smaller scale first (rows on ties).
+        self.rows_first = not (self.out_w / self.in_w < self.out_h / self.in_h)
+        self._h_np = contributions(self.in_h, self.out_h, self.out_h / self.in_h, kernel, antialias)[0]
+
+    def bands(self, planes: int = 1, elements: int | None = None) -> list[tuple[int, int]]:
+        """Output row ranges whose largest temporary holds about `elements`
+        values (default _BAND_ELEMENTS)."""
+        elements = elements or _BAND_ELEMENTS
+        wide = planes * max(self.in_w, self.out_w)
+        if self.rows_first:  # temporaries: step x in_w, then step x out_w
+            step = elements // wide
+        else:  # the width pass covers the step's input rows: step * in_h / out_h + taps
+            step = (elements / wide - self.h_idx.shape[1]) * self.out_h / self.in_h
+        step = max(1, int(step))
+        return [(r0, min(self.out_h, r0 + step)) for r0 in range(0, self.out_h, step)]
+
+    def input_rows(self, r0: int, r1: int) -> tuple[int, int]:
+        """The input rows [lo, hi) that output rows [r0, r1) read."""
+        band = self._h_np[r0:r1]
+        return int(band.min()), int(band.max()) + 1
+
+    def rows(self, x: torch.Tensor, r0: int, r1: int, lo: int = 0) -> torch.Tensor:
+        """Output rows [r0, r1) from `x`, the input rows from `lo` on (at least
+        up to input_rows(r0, r1)[1])."""
+        h_idx, h_w = self.h_idx[r0:r1] - lo, self.h_w[r0:r1]
+        if self.rows_first:
+            return _gather_sum(_gather_sum(x, -2, h_idx, h_w), -1, self.w_idx, self.w_w)
+        hi = self.input_rows(r0, r1)[1] - lo
+        return _gather_sum(_gather_sum(x[..., :hi, :], -1, self.w_idx, self.w_w), -2, h_idx, h_w)
 
 
 def resize_torch(
-    x: torch.Tensor, out_hw: tuple[int, int], kernel: str = "cubic", antialias: bool = True
+    x: torch.Tensor, out_hw: tuple[int, int], kernel: str = "cubic", antialias: bool = True,
+    *, check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """MATLAB-style resize of a float NCHW tensor to out_hw (no rounding,
-    differentiable). Same passes and pass order as `imresize`."""
+    differentiable). Same passes, pass order and tap order as `imresize`, in
+    bands of output rows; `check` (e.g. a deadline) is called before each band."""
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"expected a float NCHW tensor, got {x.dtype} {tuple(x.shape)}")
-    in_h, in_w = x.shape[-2:]
-    out_h, out_w = int(out_hw[0]), int(out_hw[1])
-    key = (kernel, antialias, str(x.device), x.dtype)
-    wh = _weight_matrix(in_h, out_h, *key)
-    ww = _weight_matrix(in_w, out_w, *key)
-    if out_w / in_w < out_h / in_h:
-        x = torch.einsum("pw,nchw->nchp", ww, x)
-        return torch.einsum("oh,nchw->ncow", wh, x)
-    x = torch.einsum("oh,nchw->ncow", wh, x)
-    return torch.einsum("pw,nchw->nchp", ww, x)
+    plan = ResizePlan(x.shape[-2:], out_hw, kernel, antialias, x.device, x.dtype)
+    bands = plan.bands(x.shape[0] * x.shape[1])
+    out = None
+    for r0, r1 in bands:
+        if check is not None:
+            check()
+        lo, hi = plan.input_rows(r0, r1)
+        band = plan.rows(x[..., lo:hi, :], r0, r1, lo)
+        if len(bands) == 1:
+            return band.contiguous()
+        if out is None:
+            out = band.new_empty(*x.shape[:2], plan.out_h, plan.out_w)
+        out[..., r0:r1, :] = band
+    return out
