@@ -76,14 +76,26 @@ def bucket(s3):
     return fs, options, url
 
 
-def test_ray_run_reads_and_writes_s3_and_matches_the_local_executor(bucket, capsys):
+def tiny_cnn(tmp_path) -> str:
+    """A real CNN (EDSR, seeded random weights): unlike bicubic, its output shows tiling and batching."""
+    torch.manual_seed(0)
+    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, scale=2)
+    weights = tmp_path / "tiny.safetensors"
+    save_model(LoadedModel(name="tiny", arch="EDSR", module=module, scale=2, in_channels=3, out_channels=3,
+                           config={"num_feat": 8, "num_block": 2, "res_scale": 1.0, "scale": 2}), str(weights))
+    return str(weights)
+
+
+def test_ray_run_reads_and_writes_s3_and_matches_the_local_executor_byte_for_byte(bucket, tmp_path, capsys):
     fs, options, url = bucket
-    assert cli("run", f"{url}/in", f"{url}/out-ray", "--model", "bicubic", "--scale", "2",
-               "--workers", "1", "--json", *storage_args(options)) == EXIT_OK
+    fs.pipe(f"{url.removeprefix('s3://')}/in/big.png", png(9, 40, 36))  # tiled at --tile 16; the others too
+    model = ["--model", tiny_cnn(tmp_path), "--tile", "16", "--overlap", "4"]
+    assert cli("run", f"{url}/in", f"{url}/out-ray", *model, "--workers", "1", "--json",
+               *storage_args(options)) == EXIT_OK
     summary = summary_json(capsys.readouterr().out)
-    assert (summary["ok"], summary["failed"], summary["skipped"]) == (6, 0, 0)
-    assert cli("run", f"{url}/in", f"{url}/out-local", "--model", "bicubic", "--scale", "2",
-               "--executor", "local", *storage_args(options)) == EXIT_OK
+    assert (summary["ok"], summary["failed"], summary["skipped"]) == (7, 0, 0)
+    assert cli("run", f"{url}/in", f"{url}/out-local", *model, "--executor", "local", "--batch-size", "3",
+               *storage_args(options)) == EXIT_OK
     fs.invalidate_cache()
     root = url.removeprefix("s3://")
     for i in range(6):
@@ -93,9 +105,12 @@ def test_ray_run_reads_and_writes_s3_and_matches_the_local_executor(bucket, caps
         assert formats.decode_image(ray_bytes).pixels.shape == (48, 40, 3)
     ray_rows = sorted(manifest_rows(fs, f"{url}/out-ray"), key=lambda r: r["image_id"])
     local_rows = sorted(manifest_rows(fs, f"{url}/out-local"), key=lambda r: r["image_id"])
-    assert [r["image_id"] for r in ray_rows] == [f"dir{i % 2}/img{i}.png" for i in sorted(range(6), key=lambda i: f"dir{i % 2}/img{i}")]
+    assert fs.cat(f"{root}/out-ray/big.png") == fs.cat(f"{root}/out-local/big.png")
+    assert [r["image_id"] for r in ray_rows] == ["big.png"] + [
+        f"dir{i % 2}/img{i}.png" for i in sorted(range(6), key=lambda i: f"dir{i % 2}/img{i}")]
+    assert {(r["tile"], r["overlap"], r["precision"]) for r in ray_rows} == {("16", 4, "fp32")}
     same = ["image_id", "status", "width", "height", "out_width", "out_height", "model", "scale", "lr_psnr",
-            "source_version", "config_key"]
+            "source_version", "config_key", "tile", "overlap", "precision"]
     assert [{k: r[k] for k in same} for r in ray_rows] == [{k: r[k] for k in same} for r in local_rows]
     assert not fs.glob(f"{root}/out-ray/_plans/*")  # the plan is cleaned up
     # credentials appear in neither the manifest nor the run record
