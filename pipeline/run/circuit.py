@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline import store
-from pipeline.run.row import ManifestRow
+from pipeline.store.manifest import ManifestRow
 
 NOT_ATTEMPTED = "not attempted"
 

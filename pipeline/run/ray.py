@@ -27,7 +27,7 @@ from pipeline.run import resume
 from pipeline.run.local import RunInterrupted, _Terminated, sigterm_raises
 from pipeline.run.prepare import load_spec_model, prepare
 from pipeline.run.recovery import recover, remove_if_empty
-from pipeline.run.row import to_table, ManifestRow
+from pipeline.store.manifest import to_table, ManifestRow
 from pipeline.run.sink import RowSink
 from pipeline.run.worker import Worker, build_upscaler
 from pipeline.stages.list import PlannedImage

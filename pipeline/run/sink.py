@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import __version__, store
 from pipeline.run.circuit import Circuit
-from pipeline.run.row import ManifestRow, to_table
+from pipeline.store.manifest import ManifestRow, to_table
 from pipeline.store import manifest, spool
 
 FLUSH_SECONDS = 30.0

@@ -14,7 +14,7 @@ from pipeline import store
 from pipeline.inference.engine import Upscaler
 from pipeline.models import LoadedModel
 from pipeline.run.circuit import Circuit
-from pipeline.run.row import ManifestRow
+from pipeline.store.manifest import ManifestRow
 from pipeline.run.sink import now
 from pipeline.stages import ImageWork
 from pipeline.stages.infer import infer

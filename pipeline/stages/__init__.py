@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.run.row import ManifestRow
+from pipeline.store.manifest import ManifestRow
 from pipeline.stages.list import PlannedImage
 
 
