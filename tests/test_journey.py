@@ -430,3 +430,23 @@ def test_plan_writes_nothing_not_even_recovery(photos, tmp_path, monkeypatch, ca
     assert main(["plan", str(photos), str(dst), "--model", "bicubic", "--scale", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["done"] == 3
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+# --------------------------------------------------------------- 6. errors classified
+
+
+def test_a_key_the_destination_rejects_fails_at_once_never_opens_the_circuit_and_is_quarantined(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    names = [letter * 250 + ".png" for letter in "abcd"]  # 254 bytes: fits; the output name (258) does not
+    for i, name in enumerate(names):
+        (src / name).write_bytes(png(i))
+    spec = dict(src=str(src), dst=str(dst), model="bicubic", scale=2, keep_extension=True, storage_failures=2)
+    started = time.perf_counter()
+    summary = run_local(RunSpec(**spec))
+    assert time.perf_counter() - started < 20  # not retried for a minute each
+    rows = rows_of(dst)
+    assert summary["failed"] == 4 and {r["error_type"] for r in rows} == {"KeyRejectedError"}
+    assert all("ENAMETOOLONG" in r["error"] and "not attempted" not in r["error"] for r in rows)
+    run_local(RunSpec(**spec))
+    assert run_local(RunSpec(**spec))["quarantined"] == 4
