@@ -78,10 +78,10 @@ def test_on_a_cpu_every_tile_runs_in_its_own_forward_pass_and_matches_the_image_
     batch with different kernels, so batching would tie an image to its neighbours."""
     model = tiny_edsr(2)
     images = [photo(40, 40, seed=i) for i in range(3)]
-    upscaler = Upscaler(model, tile=24, overlap=8, batch_size=8)
+    upscaler = Upscaler(model, tile=24, overlap=8, batch_size=8, device="cpu")
     together = upscaler.upscale(images)
     assert upscaler.stats.tiles == 3 * 4 and upscaler.stats.batches == 12
-    alone = [Upscaler(model, tile=24, overlap=8).upscale([img])[0] for img in images]
+    alone = [Upscaler(model, tile=24, overlap=8, device="cpu").upscale([img])[0] for img in images]
     for a, b in zip(together, alone):
         assert np.array_equal(a, b)
 

@@ -51,8 +51,8 @@ def test_engines_of_two_precisions_share_one_loaded_model_and_leave_it_as_it_was
     fp32 = Upscaler(model, tile=0, precision="fp32", device="cpu")
     bf16 = Upscaler(model, tile=0, precision="bf16", device="cpu")
     out32, out16 = fp32.upscale([image])[0], bf16.upscale([image])[0]
-    assert np.array_equal(out32, Upscaler(tiny_edsr(2), tile=0, precision="fp32").upscale([image])[0])
-    assert np.array_equal(out16, Upscaler(tiny_edsr(2), tile=0, precision="bf16").upscale([image])[0])
+    assert np.array_equal(out32, Upscaler(tiny_edsr(2), tile=0, precision="fp32", device="cpu").upscale([image])[0])
+    assert np.array_equal(out16, Upscaler(tiny_edsr(2), tile=0, precision="bf16", device="cpu").upscale([image])[0])
     assert not np.array_equal(out32, out16)
     params = list(model.module.parameters())
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" and p.requires_grad for p in params)
@@ -222,14 +222,14 @@ def test_model_passes_is_the_smallest_count_that_reaches_the_target(model_scale,
 def test_a_scale_one_model_runs_once_then_bicubic_resizes_to_the_target():
     model = x1_model()
     image = photo(20, 26)
-    same = Upscaler(model)
+    same = Upscaler(model, device="cpu")
     restored = same.upscale([image], 1)[0]
     assert restored.shape == (20, 26, 3) and same.stats.batches == 1
     x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
         direct = model.module(x)  # resized before it is clamped, as any model's output
     assert np.array_equal(restored, np.rint(direct.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255))
-    double = Upscaler(model)
+    double = Upscaler(model, device="cpu")
     out = double.upscale([image], 2)[0]
     assert out.shape == (40, 52, 3) and double.stats.batches == 1
     expected = resize_torch(direct.double(), (40, 52)).clamp(0, 1)[0].permute(1, 2, 0).numpy()
