@@ -35,7 +35,7 @@ from PIL import Image
 from pipeline import formats
 from pipeline.models import LoadedModel, load_model, save_model
 from pipeline.models.edsr.arch import EDSR
-from pipeline.run.local import run_local
+from pipeline.job.local import run_local
 from pipeline.spec import RunSpec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -96,7 +96,7 @@ def x4_model(directory: Path) -> tuple[str, str]:
 
 def run_case(src: str, dst: str, model: str, scale: int, threshold: int, tile: int | None = None) -> dict:
     """One run in this process; returns its figures (called in a child process)."""
-    from pipeline.run.local import run_local
+    from pipeline.job.local import run_local
 from pipeline.spec import RunSpec
     import pyarrow.parquet as pq
 

@@ -52,9 +52,9 @@ def run(src: str, dst: str, *, executor: str = "local", address: str | None = No
     `executor="ray"` distributes it (joining `address`, RAY_ADDRESS, or a local Ray)."""
     spec = _spec(src, dst, options)
     if executor == "local":
-        from pipeline.run.local import run_local
+        from pipeline.job.local import run_local
 
         return run_local(spec, progress=progress)
-    from pipeline.run.ray import RayOptions, run_ray
+    from pipeline.job.ray import RayOptions, run_ray
 
     return run_ray(spec, RayOptions(address=address, workers=workers), progress=progress)

@@ -16,7 +16,7 @@ from pipeline import metrics  # noqa: E402
 from pipeline.inference.engine import Upscaler  # noqa: E402
 from pipeline.formats import decode_image  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
-from pipeline.run.local import run_local
+from pipeline.job.local import run_local
 from pipeline.spec import RunSpec  # noqa: E402
 
 def bundled(name: str) -> Path:

@@ -17,7 +17,7 @@ from pipeline.inference.engine import Upscaler
 from pipeline.formats import decode_image, encode_image
 from pipeline.models import LoadedModel, load_model
 from pipeline.inference.resize import imresize
-from pipeline.run.local import run_local
+from pipeline.job.local import run_local
 from pipeline.spec import RunSpec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -345,7 +345,7 @@ def local_ray():
 
 @needs_geo
 def test_landsat_through_the_ray_executor_matches_the_local_executor(sample_runs, local_ray, tmp_path):
-    from pipeline.run.ray import RayOptions, run_ray
+    from pipeline.job.ray import RayOptions, run_ray
 
     src = tmp_path / "src"
     src.mkdir()

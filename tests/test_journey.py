@@ -23,7 +23,7 @@ from pipeline.cli import main
 from pipeline.inference.engine import Upscaler
 from pipeline.models import LoadedModel, save_model
 from pipeline.models.edsr.arch import EDSR
-from pipeline.run.local import run_local
+from pipeline.job.local import run_local
 from pipeline.spec import RunSpec
 from pipeline.stages import score as score_stage
 
@@ -382,7 +382,7 @@ def test_rerun_finishes_an_interrupted_run(tmp_path, monkeypatch):
     for i in range(6):
         (src / f"i{i}.png").write_bytes(png(i))
     dst = tmp_path / "dst"
-    from pipeline.run import local
+    from pipeline.job import local
 
     real_infer, calls = local.Worker.infer, {"n": 0}
 
@@ -403,7 +403,7 @@ def test_rerun_finishes_an_interrupted_run(tmp_path, monkeypatch):
 
 
 def test_rows_are_flushed_by_time_while_the_run_goes_on(photos, tmp_path, monkeypatch):
-    from pipeline.run import sink
+    from pipeline.job import sink
 
     monkeypatch.setattr(sink, "FLUSH_SECONDS", 0.0)
     dst = tmp_path / "dst"

@@ -16,7 +16,7 @@ from pipeline.formats import windows
 from pipeline.stages import stream as streaming
 from pipeline.inference.engine import Upscaler
 from pipeline.models import load_model
-from pipeline.run.local import run_local
+from pipeline.job.local import run_local
 from pipeline.spec import RunSpec
 
 GEOKEYS = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632, 3076, 0, 1, 9001)

@@ -15,10 +15,10 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from pipeline.run.prepare import load_spec_model, prepare
-from pipeline.run.recovery import recover
-from pipeline.run.sink import RowSink
-from pipeline.run.worker import Worker, build_upscaler
+from pipeline.job.prepare import load_spec_model, prepare
+from pipeline.job.recovery import recover
+from pipeline.job.sink import RowSink
+from pipeline.job.worker import Worker, build_upscaler
 
 
 class RunInterrupted(Exception):

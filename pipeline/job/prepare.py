@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from pipeline import store
 from pipeline.models import LoadedModel, load_model
-from pipeline.run import resume
-from pipeline.run.sink import RunInfo, now
+from pipeline.job import resume
+from pipeline.job.sink import RunInfo, now
 from pipeline.stages.list import PlannedImage, list_sources, plan_outputs
 
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from pipeline import store
-from pipeline.run import resume
-from pipeline.run.local import RunInterrupted, _Terminated, sigterm_raises
-from pipeline.run.prepare import load_spec_model, prepare
-from pipeline.run.recovery import recover, remove_if_empty
+from pipeline.job import resume
+from pipeline.job.local import RunInterrupted, _Terminated, sigterm_raises
+from pipeline.job.prepare import load_spec_model, prepare
+from pipeline.job.recovery import recover, remove_if_empty
 from pipeline.store.manifest import to_table, ManifestRow
-from pipeline.run.sink import RowSink
-from pipeline.run.worker import Worker, build_upscaler
+from pipeline.job.sink import RowSink
+from pipeline.job.worker import Worker, build_upscaler
 from pipeline.stages.list import PlannedImage
 
 log = logging.getLogger(__name__)

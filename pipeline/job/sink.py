@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import __version__, store
-from pipeline.run.circuit import Circuit
+from pipeline.job.circuit import Circuit
 from pipeline.store.manifest import ManifestRow, to_table
 from pipeline.store import manifest, spool
 

@@ -13,9 +13,9 @@ import time
 from pipeline import store
 from pipeline.inference.engine import Upscaler
 from pipeline.models import LoadedModel
-from pipeline.run.circuit import Circuit
+from pipeline.job.circuit import Circuit
 from pipeline.store.manifest import ManifestRow
-from pipeline.run.sink import now
+from pipeline.job.sink import now
 from pipeline.stages import ImageWork
 from pipeline.stages.infer import infer
 from pipeline.stages.list import PlannedImage

@@ -144,8 +144,8 @@ def estimate(spec, *, gpu_hour_price: float | None = None, include_quarantined: 
     earlier manifests, megapixels from image headers, device-seconds from calibration."""
     import dataclasses
 
-    from pipeline.run.prepare import load_spec_model, prepare
-    from pipeline.run.worker import build_upscaler
+    from pipeline.job.prepare import load_spec_model, prepare
+    from pipeline.job.worker import build_upscaler
 
     if include_quarantined:
         spec = dataclasses.replace(spec, include_quarantined=True)

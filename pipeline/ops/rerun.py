@@ -6,7 +6,7 @@ An image qualifies when its latest row (over all runs) is `failed`, or is
 is run again whole with its settings: what it finished is skipped by resume,
 the images it never reached are done. Storage options are not recorded anywhere
 (they may hold credentials), so they come from the command line again.
-Reads only: the caller recovers spooled rows first (run/recovery.py).
+Reads only: the caller recovers spooled rows first (job/recovery.py).
 """
 
 from __future__ import annotations

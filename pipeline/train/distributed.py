@@ -43,7 +43,7 @@ def train_ray(cfg: Config, *, workers: int, ray_address: str | None = None) -> d
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.run.ray import init_ray
+    from pipeline.job.ray import init_ray
 
     started = not ray.is_initialized()
     init_ray(ray_address, num_cpus=max(1, int(round(workers * cfg.train.cpus_per_worker))))

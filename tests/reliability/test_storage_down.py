@@ -19,7 +19,7 @@ from benchmarks.faults import FlakyProxy
 from pipeline import cli, store
 from pipeline.store import manifest
 from pipeline.store import spool
-from pipeline.run.local import run_local
+from pipeline.job.local import run_local
 from pipeline.spec import RunSpec
 
 IMAGES = 16  # enough that some images are still unread when the circuit opens (up to ~8 are in flight)
