@@ -230,7 +230,7 @@ def main() -> None:
             proxy.down = False
             summary = json.loads(procs[0].stdout.read() or "{}")
             extra = {"gave_up_after_s": round(time.time() - started, 1), "spooled_files": summary.get("spooled", {}).get("files"),
-                     "not_attempted": sum(f["error"].startswith("not attempted") for f in summary.get("failures", []))}
+                     "not_attempted": sum("not attempted" in f["error"] for f in summary.get("failures", []))}
             rerun = [sys.executable, "-m", "pipeline.cli", "rerun", dst, "--executor", executor, "--json",
                      "--no-progress", *storage]
             codes.append(subprocess.run(rerun, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).returncode)
