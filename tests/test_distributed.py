@@ -189,3 +189,39 @@ def test_killing_a_worker_mid_run_loses_no_image_and_duplicates_none(tmp_path, c
     for i in range(count):
         assert formats.decode_image((tmp_path / "dst" / f"img{i:02d}.png").read_bytes()).pixels.shape == (256, 256, 3)
     assert not [p for p in (tmp_path / "dst").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_on_a_ray_run_keeps_the_rows_of_every_written_output(tmp_path):
+    """The driver, interrupted, writes the rows that reached it and a run record marked interrupted;
+    the same command then finishes the job with each image recorded ok exactly once."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=32, num_block=4, scale=2)
+    weights = tmp_path / "edsr.safetensors"
+    save_model(LoadedModel(name="slow", arch="EDSR", module=module, scale=2, in_channels=3, out_channels=3,
+                           config={"num_feat": 32, "num_block": 4, "res_scale": 1.0, "scale": 2}), str(weights))
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(24):
+        (src / f"img{i:02d}.png").write_bytes(png(i, 64, 64))
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(src), str(dst), "--model", str(weights),
+               "--workers", "1", "--batch-size", "1", "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(dst.glob("*.png"))) < 3:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 130, err
+    assert "the same command" in err and "Traceback" not in err
+    rows = pq.read_table(dst / "_manifest").to_pylist()
+    records = [json.loads(p.read_text()) for p in (dst / "_manifest" / "_runs").glob("*.json")]
+    assert records[0]["interrupted"] == "SIGINT" and len(rows) == records[0]["ok"] + records[0]["failed"]
+    assert not (dst / "_plans").exists()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    ok = [r["image_id"] for r in pq.read_table(dst / "_manifest").to_pylist() if r["status"] == "ok"]
+    assert sorted(ok) == [f"img{i:02d}.png" for i in range(24)]
