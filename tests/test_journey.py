@@ -450,3 +450,22 @@ def test_a_key_the_destination_rejects_fails_at_once_never_opens_the_circuit_and
     assert all("ENAMETOOLONG" in r["error"] and "not attempted" not in r["error"] for r in rows)
     run_local(RunSpec(**spec))
     assert run_local(RunSpec(**spec))["quarantined"] == 4
+
+
+# ------------------------------------------------------------ 9. the time limit holds everywhere
+
+
+def test_the_time_limit_holds_for_a_streamed_image_and_an_interpolation_model(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(src / "big.tif", rng.integers(0, 255, (300, 280, 3), dtype=np.uint8), photometric="rgb")
+    (src / "small.png").write_bytes(png(1))
+    dst = tmp_path / "dst"
+    summary = run_local(RunSpec(src=str(src), dst=str(dst), model="bicubic", scale=2, stream_threshold=10_000,
+                                time_limit=1e-6, batch_images=1))
+    rows = by_image(rows_of(dst))
+    assert summary["failed"] == 2
+    assert rows["big.tif"]["error_type"] == rows["small.png"]["error_type"] == "ImageTimeLimitError"
+    assert rows["big.tif"]["error"].startswith("infer: ") and not (dst / "big.tif").exists()
+    assert not list(dst.glob(".upscaler-stream-*"))  # the streamed temporary file is gone too
