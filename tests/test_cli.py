@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,8 @@ from pipeline import formats
 from pipeline.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from pipeline.store.manifest import COLUMNS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -213,3 +216,87 @@ def test_the_bundled_x2_model_is_the_default_at_scale_two(tmp_path, capsys):
     assert run_cli("run", src, tmp_path / "dst", "--scale", "2") == EXIT_OK
     (row,) = pq.read_table(tmp_path / "dst" / "_manifest").to_pylist()
     assert row["model"] == "edsr-x2" and (row["out_width"], row["out_height"]) == (20, 24)
+
+
+def upscaler(*args, **kwargs) -> subprocess.CompletedProcess:
+    """`upscaler ARGS` as users run it: a fresh interpreter, real stdout/stderr."""
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, stderr=subprocess.PIPE,
+                          text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture
+def one_image(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one.png").write_bytes(png(gradient(8, 8)))
+    return src
+
+
+@pytest.mark.parametrize("case", ["parent-is-a-file", "name-too-long"])
+def test_a_permanent_storage_error_exits_two_with_one_line_and_no_traceback(tmp_path, one_image, case):
+    """A destination that cannot exist (ENOTDIR) or a name the filesystem refuses
+    (ENAMETOOLONG, a PermanentStorageError) fails the same way on every try: a usage
+    error, not "storage unreachable ... run it again once storage is back"."""
+    if case == "parent-is-a-file":
+        (tmp_path / "a-file").write_text("not a folder")
+        dst, cause = tmp_path / "a-file" / "dst", "Not a directory"
+    else:
+        dst, cause = tmp_path / ("x" * 300) / "dst", "ENAMETOOLONG"
+    done = upscaler("run", one_image, dst, "--model", "bicubic", "--executor", "local", "--no-progress")
+    assert done.returncode == EXIT_USAGE, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("upscaler run: error: ") and cause in line
+    assert "unreachable" not in line and "again" not in line
+
+
+def test_output_into_a_closed_pipe_exits_quietly(tmp_path, one_image):
+    """`upscaler plan ... --json | head -c 1`: once head has its byte and exits, the
+    command stops without a traceback or "Exception ignored" and exits 141 (128 +
+    SIGPIPE, what the shell reports for commands the signal ends; Python ignores SIGPIPE)."""
+    command = ["plan", one_image, tmp_path / "dst", "--model", "bicubic", "--json"]
+    read_end, write_end = os.pipe()
+    head = subprocess.Popen(["head", "-c", "1"], stdin=read_end, stdout=subprocess.PIPE)
+    os.close(read_end)
+    os.write(write_end, b"x")  # head takes its one byte and exits: nobody reads this pipe any more
+    assert head.communicate(timeout=60)[0] == b"x"
+    try:
+        done = upscaler(*command, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+    # the same as a shell pipeline, where head may leave before or after the command writes
+    pipeline = subprocess.run(f"{sys.executable} -m pipeline.cli {' '.join(map(str, command))} | head -c 1",
+                              shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert pipeline.stdout == "{"
+    assert "Traceback" not in pipeline.stderr and "Exception ignored" not in pipeline.stderr
+
+
+@pytest.mark.parametrize("command", ["plan", "runs", "train"])
+@pytest.mark.parametrize("malformed", ["s3cr3t-token", "=s3cr3t-token"])
+def test_a_malformed_storage_option_is_refused_without_echoing_it(tmp_path, one_image, command, malformed):
+    """--storage-option values are credentials as often as not (a key, a token); argparse's
+    "invalid ... value: 'TEXT'" and the trainer's old message printed them into logs."""
+    args = {"plan": ["plan", one_image, tmp_path / "dst", "--model", "bicubic"], "runs": ["runs", tmp_path / "dst"],
+            "train": ["train", "--print-config"]}[command]
+    done = upscaler(*args, "--storage-option", malformed)
+    assert done.returncode == EXIT_USAGE
+    assert "expected KEY=VALUE" in done.stderr
+    assert "s3cr3t" not in done.stderr + done.stdout
+
+
+def test_train_options_keep_toml_values_and_take_json_ones():
+    """The trainer splits KEY=VALUE with the CLI's parser; TOML values (its syntax so far) still
+    work where JSON does not parse, and a JSON object is an object (config_kwargs) as in `run`."""
+    done = upscaler("train", "--print-config", "--set", "model.options={num_feat = 8, num_block = 1}",
+                    "--set", "loss.pixel='l2'", "--set", "train.steps=1_000",
+                    "--storage-option", "endpoint_url=http://127.0.0.1:9000/?a=b",
+                    "--storage-option", 'config_kwargs={"retries": {"max_attempts": 1}}',
+                    "--storage-option", "anon=true")
+    assert done.returncode == EXIT_OK, done.stderr
+    config = json.loads(done.stdout)
+    assert config["model"]["options"] == {"num_feat": 8, "num_block": 1}
+    assert (config["loss"]["pixel"], config["train"]["steps"]) == ("l2", 1000)
+    assert config["data"]["storage_options"] == {"endpoint_url": "http://127.0.0.1:9000/?a=b",
+                                                 "config_kwargs": {"retries": {"max_attempts": 1}}, "anon": True}

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .config import Config, load_config, parse_value
+from .config import Config, load_config, parse_setting
 
 __all__ = ["Config", "add_train_arguments", "load_config", "config_from_args", "run_train"]
 
@@ -58,10 +58,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.storage_option:
         options = dict(cfg.data.storage_options)
         for item in args.storage_option:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"bad --storage-option {item!r}: expected KEY=VALUE")
-            options[key] = parse_value(value)
+            try:
+                key, value = parse_setting(item)
+            except ValueError:  # not echoing the text: it may be a credential
+                raise ValueError("bad --storage-option: expected KEY=VALUE") from None
+            options[key] = value
         cfg.data.storage_options = options
     if getattr(args, "no_ray", False):
         cfg.train.workers = 0

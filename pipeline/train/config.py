@@ -160,6 +160,21 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_setting(text: str, *, strip: bool = False) -> tuple[str, Any]:
+    """KEY=VALUE for --set and --storage-option. The split (first "=", a key
+    required, the text never echoed in the error) is `pipeline.store.parse_key_value`,
+    the CLI's; its JSON values stand, and where JSON does not parse the text the
+    trainer's TOML syntax still applies ('x', {num_feat = 8}, 1_000, +1, dates).
+    Unlike TOML alone, null/NaN/Infinity and JSON objects are values, not strings.
+    `strip`: spaces around the key and value do not count (--set)."""
+    from pipeline.store import parse_key_value  # on use: `upscaler --help` imports this module
+
+    key, value = parse_key_value(text)
+    if isinstance(value, str) and text == f"{key}={value}":  # JSON did not parse it (a JSON string is quoted)
+        value = parse_value(value.strip() if strip else value)
+    return (key.strip() if strip else key), value
+
+
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (),
                 storage_options: dict | None = None) -> Config:
     """Config from a TOML/YAML file (any fsspec URL) plus KEY=VALUE overrides."""
@@ -179,8 +194,9 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             raw = tomllib.loads(data.decode())
     config = Config.from_dict(raw)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"bad override {item!r}: expected SECTION.KEY=VALUE")
-        config.override(key.strip(), parse_value(value.strip()))
+        try:
+            key, value = parse_setting(item, strip=True)
+        except ValueError:
+            raise ValueError(f"bad override {item!r}: expected SECTION.KEY=VALUE") from None
+        config.override(key, value)
     return config

@@ -19,6 +19,7 @@ import safetensors.torch
 import torch
 
 from pipeline.models.weights import read_state_dict
+from pipeline.store import parse_key_value
 
 
 def export_weights(src: str, dst: str, *, dtype: torch.dtype = torch.float32, extra: dict | None = None) -> dict:
@@ -44,20 +45,23 @@ def export_weights(src: str, dst: str, *, dtype: torch.dtype = torch.float32, ex
     return record
 
 
+def _note(text: str) -> tuple[str, object]:
+    """--note KEY=VALUE, parsed as the CLI's --storage-option is (pipeline.store.parse_key_value)."""
+    try:
+        return parse_key_value(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export trained weights for shipping (optionally fp16).")
     parser.add_argument("src")
     parser.add_argument("dst")
     parser.add_argument("--fp16", action="store_true", help="store floating tensors as float16")
-    parser.add_argument("--note", action="append", default=[], metavar="KEY=JSON", help="extra sidecar entry")
+    parser.add_argument("--note", action="append", default=[], type=_note, metavar="KEY=JSON",
+                        help="extra sidecar entry (the value as JSON where it parses, else as text)")
     args = parser.parse_args(argv)
-    extra = {}
-    for item in args.note:
-        key, _, value = item.partition("=")
-        try:
-            extra[key] = json.loads(value)
-        except ValueError:
-            extra[key] = value
+    extra = dict(args.note)
     record = export_weights(args.src, args.dst, dtype=torch.float16 if args.fp16 else torch.float32, extra=extra)
     print(json.dumps({k: record[k] for k in ("file", "sha256", "bytes", "dtype")}))
     return 0

@@ -1,0 +1,59 @@
+"""`upscaler rerun DST`: redo the images whose latest row failed or whose output vanished."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import EXIT_OK
+from pipeline.cli.options import _print_plan, _report, _summary, add_executor_options
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    rerun = subparsers.add_parser("rerun", help="redo the images whose latest row failed or whose output vanished")
+    rerun.add_argument("dst", help="the destination of the earlier runs")
+    rerun.add_argument("--dry-run", action="store_true", help="the plan for what would be redone; runs nothing")
+    rerun.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
+    add_executor_options(rerun)
+    return rerun
+
+
+def command(args) -> int:
+    from pipeline.ops.rerun import plan_rerun
+
+    if not args.dry_run:  # rows an earlier run spooled while storage was down count too
+        from pipeline import store
+        from pipeline.job.recovery import recover
+
+        recover(*store.open_location(args.dst, dict(args.storage_option)))
+    groups = plan_rerun(args.dst, dict(args.storage_option))
+    failed, missing = sum(g.failed for g in groups), sum(g.missing for g in groups)
+    resumed = sum(g.interrupted for g in groups)
+    print(f"rerun: {failed + missing} images ({failed} failed, {missing} outputs missing) "
+          f"from {len(groups)} earlier run(s)" + (f"; {resumed} interrupted run(s) resumed" if resumed else ""),
+          file=sys.stderr)
+    if args.dry_run:
+        from pipeline.ops.plan import estimate
+
+        plans = [estimate(g.config, gpu_hour_price=args.gpu_hour_price).as_dict() for g in groups]
+        result = {"todo": failed + missing, "failed": failed, "missing": missing, "runs": len(groups)}
+        for key in ("megapixels_in", "megapixels_out", "estimated_device_seconds"):
+            result[key] = round(sum(p[key] for p in plans), 6)
+        prices = [p["estimated_cost"] for p in plans]
+        result["estimated_cost"] = round(sum(prices), 6) if prices and None not in prices else None
+        _print_plan(result, args.json)
+        return EXIT_OK
+    summaries = []
+    for group in groups:
+        group.config.batch_images = max(1, args.batch_size)
+        summaries.append(_summary(group.config, args))
+    total = {"run_id": ",".join(s["run_id"] for s in summaries), "failures": [], "manifest": None}
+    for key in ("ok", "failed", "skipped", "total", "seconds", "megapixels_in", "megapixels_out", "device_seconds"):
+        total[key] = sum(s[key] for s in summaries)
+    for s in summaries:
+        total["failures"] += s["failures"]
+        total["manifest"] = s["manifest"]
+        if s.get("storage_error"):
+            total.update(storage_error=s["storage_error"], spooled=s["spooled"])
+    total.update(rerun_failed=failed, rerun_missing=missing)
+    return _report(total, args)

@@ -1,0 +1,33 @@
+"""`upscaler runs DST`: the runs recorded under DST, with their counts and cost."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.cli import EXIT_OK
+from pipeline.cli.options import add_storage_option
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    runs = subparsers.add_parser("runs", help="list the runs recorded under DST")
+    runs.add_argument("dst")
+    runs.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
+    add_storage_option(runs)
+    runs.add_argument("--json", action="store_true")
+    return runs
+
+
+def command(args) -> int:
+    from pipeline.ops.runs import list_runs
+
+    rows = list_runs(args.dst, dict(args.storage_option), gpu_hour_price=args.gpu_hour_price)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    print(f"{'run_id':<26}{'ok':>7}{'failed':>7}{'skipped':>8}{'seconds':>9}{'Mpx out':>9}{'device-s':>10}{'cost':>9}")
+    for r in rows:
+        cost = "" if r["cost"] is None else f"{r['cost']:.4f}"
+        print(f"{r['run_id']:<26}{r['ok']:>7}{r['failed']:>7}{r['skipped']:>8}{r['seconds']:>9.1f}"
+              f"{r['megapixels_out']:>9.2f}{r['device_seconds']:>10.1f}{cost:>9}")
+    return EXIT_OK
