@@ -36,3 +36,18 @@ def s3(s3_server, request):
     fs.mkdir(bucket)
     fs.invalidate_cache()
     return options, f"s3://{bucket}"
+
+
+def save_edsr(path, *, feat: int = 8, blocks: int = 2, scale: int = 2, seed: int = 0) -> str:
+    """A real CNN checkpoint (EDSR, seeded random weights): unlike bicubic, its output shows
+    tiling, batching and precision; wider and deeper makes it slow enough to interrupt."""
+    import torch
+
+    from pipeline.models import LoadedModel, save_model
+    from pipeline.models.edsr.arch import EDSR
+
+    torch.manual_seed(seed)
+    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=feat, num_block=blocks, scale=scale)
+    save_model(LoadedModel(name="edsr-test", arch="EDSR", module=module, scale=scale, in_channels=3, out_channels=3,
+                           config={"num_feat": feat, "num_block": blocks, "res_scale": 1.0, "scale": scale}), str(path))
+    return str(path)

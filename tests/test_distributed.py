@@ -16,10 +16,8 @@ from PIL import Image
 
 from pipeline import formats
 from pipeline.cli import EXIT_OK, EXIT_SOME_FAILED, main
-from pipeline.models import LoadedModel, save_model
-from pipeline.models.edsr.arch import EDSR
 
-from .conftest import S3_KEY, S3_SECRET
+from .conftest import S3_KEY, S3_SECRET, save_edsr
 
 ray = pytest.importorskip("ray")
 
@@ -77,13 +75,7 @@ def bucket(s3):
 
 
 def tiny_cnn(tmp_path) -> str:
-    """A real CNN (EDSR, seeded random weights): unlike bicubic, its output shows tiling and batching."""
-    torch.manual_seed(0)
-    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, scale=2)
-    weights = tmp_path / "tiny.safetensors"
-    save_model(LoadedModel(name="tiny", arch="EDSR", module=module, scale=2, in_channels=3, out_channels=3,
-                           config={"num_feat": 8, "num_block": 2, "res_scale": 1.0, "scale": 2}), str(weights))
-    return str(weights)
+    return save_edsr(tmp_path / "tiny.safetensors")
 
 
 def test_ray_run_reads_and_writes_s3_and_matches_the_local_executor_byte_for_byte(bucket, tmp_path, capsys):
@@ -151,11 +143,7 @@ def test_resume_skips_done_images_redoes_deleted_outputs_and_rerun_fixes_only_th
 
 
 def test_killing_a_worker_mid_run_loses_no_image_and_duplicates_none(tmp_path, capsys):
-    torch.manual_seed(0)
-    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=32, num_block=8, scale=2)  # slow enough to be caught mid-run
-    weights = tmp_path / "edsr.safetensors"
-    save_model(LoadedModel(name="slow", arch="EDSR", module=module, scale=2, in_channels=3, out_channels=3,
-                           config={"num_feat": 32, "num_block": 8, "res_scale": 1.0, "scale": 2}), str(weights))
+    weights = save_edsr(tmp_path / "edsr.safetensors", feat=32, blocks=8)  # slow enough to be caught mid-run
     src = tmp_path / "src"
     src.mkdir()
     count = 32
@@ -197,11 +185,7 @@ def test_ctrl_c_on_a_ray_run_keeps_the_rows_of_every_written_output(tmp_path):
     import subprocess
     import sys
 
-    torch.manual_seed(0)
-    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=32, num_block=4, scale=2)
-    weights = tmp_path / "edsr.safetensors"
-    save_model(LoadedModel(name="slow", arch="EDSR", module=module, scale=2, in_channels=3, out_channels=3,
-                           config={"num_feat": 32, "num_block": 4, "res_scale": 1.0, "scale": 2}), str(weights))
+    weights = save_edsr(tmp_path / "edsr.safetensors", feat=32, blocks=4)
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     for i in range(24):

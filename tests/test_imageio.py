@@ -334,7 +334,7 @@ def test_float_tiff_mode_names_the_sample_type():
 
 @pytest.mark.parametrize("dtype", [np.int32, np.float64, np.uint32])
 def test_tiff_with_unsupported_sample_type_is_rejected(dtype):  # int16 is a raster: tests/test_geo.py
-    with pytest.raises(ImageDecodeError, match=r"dem\.tif: unsupported sample type"):
+    with pytest.raises(ImageDecodeError, match=r"dem\.tif: unsupported: sample type"):
         decode_image(tiff_file(np.zeros((4, 4), dtype)), name="dem.tif")
 
 

@@ -21,11 +21,11 @@ from PIL import Image
 from pipeline import formats, raster, store
 from pipeline.cli import main
 from pipeline.inference.engine import Upscaler
-from pipeline.models import LoadedModel, save_model
-from pipeline.models.edsr.arch import EDSR
 from pipeline.job.local import run_local
 from pipeline.spec import RunSpec
 from pipeline.stages import score as score_stage
+
+from .conftest import save_edsr
 
 
 def png(seed: int, h: int = 20, w: int = 16, mode: str = "RGB") -> bytes:
@@ -269,12 +269,7 @@ def test_a_destination_inside_the_source_is_never_an_input(photos):
 
 
 def _cnn_weights(tmp_path) -> str:
-    torch.manual_seed(0)
-    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, scale=2)
-    path = tmp_path / "edsr.safetensors"
-    save_model(LoadedModel(name="tiny", arch="EDSR", module=module, scale=2, in_channels=3, out_channels=3,
-                           config={"num_feat": 8, "num_block": 2, "res_scale": 1.0, "scale": 2}), str(path))
-    return str(path)
+    return save_edsr(tmp_path / "edsr.safetensors")
 
 
 def test_a_real_cnns_output_is_the_same_alone_and_batched_and_the_row_records_its_tile(tmp_path):
@@ -339,16 +334,12 @@ def formats_free_model(weights: str):
 
 
 def _slow_source(tmp_path, count: int = 16) -> tuple[Path, str]:
-    torch.manual_seed(0)
-    module = EDSR(num_in_ch=3, num_out_ch=3, num_feat=32, num_block=4, scale=2)
-    weights = tmp_path / "slow.safetensors"
-    save_model(LoadedModel(name="slow", arch="EDSR", module=module, scale=2, in_channels=3, out_channels=3,
-                           config={"num_feat": 32, "num_block": 4, "res_scale": 1.0, "scale": 2}), str(weights))
+    weights = save_edsr(tmp_path / "slow.safetensors", feat=32, blocks=4)
     src = tmp_path / "src"
     src.mkdir()
     for i in range(count):
         (src / f"img{i:02d}.png").write_bytes(png(i, 64, 64))
-    return src, str(weights)
+    return src, weights
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
