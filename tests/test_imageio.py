@@ -350,7 +350,7 @@ def test_tiff_with_more_than_one_extra_sample_decodes_as_a_multi_band_raster(pho
         assert tif.pages[0].photometric.name == photometric.upper()
 
 
-def test_palette_and_bilevel_tiffs_decode_through_pillow():
+def test_palette_and_bilevel_tiffs_decode_to_rgb_and_gray():
     palette = decode_image(pillow_file(palette_image(False), "TIFF"))
     assert palette.mode == "P"
     np.testing.assert_array_equal(palette.pixels[0, :3], [[0, 0, 0]] * 3)

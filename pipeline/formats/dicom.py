@@ -43,7 +43,8 @@ import json
 
 import numpy as np
 
-from pipeline.formats import DecodedImage, ImageDecodeError, ImageEncodeError, _check_size
+from pipeline.formats.base import DecodedImage, ImageDecodeError, ImageEncodeError
+from pipeline.formats.base import check_size as _check_size
 from pipeline.raster import RasterInfo
 
 SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
@@ -104,6 +105,9 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
             raise ImageDecodeError(f"{label}: DICOM float pixel data is not supported")
         sop = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
         raise ImageDecodeError(f"{label}: DICOM without pixel data ({sop}): nothing to upscale")
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) is None]
+    if missing:
+        raise ImageDecodeError(f"{label}: corrupt DICOM file (pixel data without {', '.join(missing)})")
     rows, cols = int(ds.Rows), int(ds.Columns)
     _check_size(cols, rows, label, max_pixels)
     frames = int(ds.get("NumberOfFrames") or 1)
@@ -113,7 +117,8 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise ImageDecodeError(f"{label}: DICOM PhotometricInterpretation {photometric!r} is not supported "
                                f"(supported: {', '.join(SUPPORTED_PHOTOMETRIC)})")
-    allocated, stored_bits = int(ds.BitsAllocated), int(ds.BitsStored)
+    allocated = int(ds.BitsAllocated)
+    stored_bits = int(ds.get("BitsStored") or allocated)
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     dtype = {(8, False): np.uint8, (16, False): np.uint16, (16, True): np.int16}.get((allocated, signed))
     if dtype is None:
@@ -122,8 +127,8 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
     try:
         pixels = np.asarray(ds.pixel_array)
     except Exception as error:
-        raise ImageDecodeError(f"{label}: cannot decode DICOM pixel data "
-                               f"({ds.file_meta.get('TransferSyntaxUID', 'unknown transfer syntax')}): "
+        syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "unknown transfer syntax")
+        raise ImageDecodeError(f"{label}: cannot decode DICOM pixel data ({syntax}): "
                                f"{type(error).__name__}: {error}") from error
     pixels = np.ascontiguousarray(pixels.astype(dtype, copy=False))
     if pixels.ndim == 2:
@@ -183,7 +188,7 @@ def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = 
            uid_seed: str | None = None) -> bytes:
     """The derived instance (see the module doc) as DICOM Part 10 bytes."""
     pydicom = _pydicom()
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian
     from pydicom.valuerep import DSfloat
@@ -191,6 +196,10 @@ def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = 
     src = like.info.get("dicom")
     if src is None:
         raise ImageEncodeError("DICOM output needs the source dataset (decode the input with decode_image)")
+    missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if not src.get(k)]
+    if missing:
+        raise ImageEncodeError(f"cannot write a derived DICOM instance: the source has no {' or '.join(missing)} "
+                               "to reference")
     ds = copy.deepcopy(src)
     in_h, in_w = like.pixels.shape[:2]
     out_h, out_w = pixels.shape[:2]
@@ -244,7 +253,8 @@ def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = 
     ds.PixelData = data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
     ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
 
-    ds.file_meta = copy.deepcopy(src.file_meta)
+    meta = getattr(src, "file_meta", None)
+    ds.file_meta = copy.deepcopy(meta) if meta is not None else FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.MediaStorageSOPClassUID = src.SOPClassUID

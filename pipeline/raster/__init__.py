@@ -41,7 +41,13 @@ band in the manifest (``radiometric`` column), so it can be undone or reproduced
   4095), and mapped by the full range the model would see a nearly black image.
 
 Plain photos (no geo tags, no nodata, 1 to 4 channels of uint8/uint16/float32) keep the
-engine's own mapping (the type's range), exactly as before.
+engine's own mapping (the type's range) by default, exactly as before. With
+``photos="minmax"`` an integer photo's colour channels share one range, their min and
+max (alpha keeps the type's range), and the output is clipped to that range as the
+type's range clips it otherwise (what lies beyond is the model's ringing): the mapping
+16-bit photos need, since a 16-bit scan rarely fills 0..65535 and a CNN handed a nearly
+black image (291..694 is 0.004..0.011) answers with values far outside the input's range
+(tests/formats/test_fidelity.py).
 
 Nodata (GDAL_NODATA; DICOM PixelPaddingValue; alpha = 0; NaN in float data): a pixel is
 nodata when all its data bands equal the nodata value (GDAL's dataset mask) or its alpha
@@ -51,6 +57,11 @@ inference every output pixel whose centre lies in a nodata input pixel (nearest-
 upscaling of the mask) is set back to nodata. A valid output pixel that happens to come
 out equal to nodata in every band gets its first band moved by one step, so it is not
 read as nodata.
+
+A nodata value the sample type cannot hold (-10000 in uint8 data, 0.5 in integers, 1e40 in
+float32) matches no pixel, so for masking and restoring it is no nodata at all
+(`usable_nodata`); it stays in RasterInfo.nodata and its GDAL_NODATA tag is carried
+verbatim, as GDAL itself keeps such a value.
 """
 
 from __future__ import annotations
@@ -106,10 +117,35 @@ class BandStats:
         return self
 
 
+def usable_nodata(nodata: float | None, dtype) -> float | None:
+    """The nodata value as the sample type holds it (float32 rounds it, as GDAL casts it), or
+    None when the type cannot hold it, or for NaN in integers: then no pixel can equal it."""
+    if nodata is None:
+        return None
+    try:
+        nodata = float(nodata)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if not math.isfinite(nodata) or not nodata.is_integer() or not info.min <= nodata <= info.max:
+            return None
+        return nodata
+    if np.issubdtype(dtype, np.floating):
+        if math.isnan(nodata) or math.isinf(nodata):
+            return nodata
+        if abs(nodata) > float(np.finfo(dtype).max):
+            return None
+        return float(dtype.type(nodata))
+    return None
+
+
 def _not_nodata(values: np.ndarray, nodata: float | None) -> np.ndarray | None:
     keep = None
     if np.issubdtype(values.dtype, np.floating):
         keep = ~np.isnan(values)
+    nodata = usable_nodata(nodata, values.dtype)
     if nodata is not None and not math.isnan(nodata):
         match = values != nodata
         keep = match if keep is None else keep & match
@@ -120,6 +156,7 @@ def valid_mask(pixels: np.ndarray, nodata: float | None, alpha: int | None) -> n
     """H x W booleans, True where the pixel holds data; None when every pixel does."""
     bands = [b for b in range(pixels.shape[2]) if b != alpha]
     data = pixels[..., bands]
+    nodata = usable_nodata(nodata, pixels.dtype)
     invalid = None
     if np.issubdtype(data.dtype, np.floating):
         invalid = np.isnan(data).all(axis=2)
@@ -164,6 +201,7 @@ class BandPlan:
     stored_range: tuple[float, float] | None = None
     value_map: object | None = None
     names: dict[int, str] = field(default_factory=dict)
+    clamp: bool = False  # model outputs clipped to [0, 1], i.e. to `ranges` (photos="minmax")
 
     @property
     def data_bands(self) -> list[int]:
@@ -224,6 +262,8 @@ class BandPlan:
 
     def _from_unit(self, unit: np.ndarray, band: int) -> np.ndarray:
         lo, hi = self.ranges[band]
+        if self.clamp:
+            unit = np.clip(unit, 0.0, 1.0)
         if self.value_map is not None:
             return unit.astype(np.float64) * (hi - lo) + lo
         return unit * np.float32(hi - lo) + np.float32(lo)
@@ -242,13 +282,16 @@ class BandPlan:
         invalid = ~valid_out
         for b in data:
             result[..., b][invalid] = fill
-        if self.nodata is None or math.isnan(self.nodata):
+        if self.nodata is None or math.isnan(self.nodata) or math.isinf(self.nodata):
             return
         collide = valid_out & (result[..., data] == self.nodata).all(axis=2)
         if collide.any():
-            lo, hi = self.stored_range or _type_range(self.dtype)
-            step = 1 if np.issubdtype(self.dtype, np.integer) else max(abs(self.nodata), 1.0) * 1e-6
-            moved = self.nodata + step if self.nodata + step <= hi else self.nodata - step
+            if np.issubdtype(self.dtype, np.integer):
+                lo, hi = self.stored_range or _type_range(self.dtype)
+                moved = self.nodata + 1 if self.nodata + 1 <= hi else self.nodata - 1
+            else:  # the next representable value up (down at the type's maximum)
+                toward = np.inf if self.nodata < float(np.finfo(self.dtype).max) else -np.inf
+                moved = np.nextafter(self.dtype.type(self.nodata), self.dtype.type(toward))
             result[..., data[0]][collide] = moved
 
     def psnr_peak(self) -> float:
@@ -291,16 +334,22 @@ def _type_range(dtype: np.dtype) -> tuple[float, float]:
     return float(info.min), float(info.max)
 
 
+PHOTO_MODES = ("dtype", "minmax")
+
+
 def make_plan(info: RasterInfo | None, dtype, bands: int, stats: BandStats, *, band_mode: str = "rgb+gray",
-              radiometric: str = "auto") -> BandPlan:
-    """Decide the plan from the image's layout and its band statistics."""
+              radiometric: str = "auto", photos: str = "dtype") -> BandPlan:
+    """Decide the plan from the image's layout and its band statistics. `radiometric` is for
+    rasters, `photos` for plain photos (info None): see the module doc."""
     dtype = np.dtype(dtype)
+    if photos not in PHOTO_MODES:
+        raise ValueError(f"photo scaling must be one of {PHOTO_MODES}, not {photos!r}")
     if band_mode not in BAND_MODES:
         raise ValueError(f"band mode must be one of {BAND_MODES}, not {band_mode!r}")
     if radiometric not in RADIOMETRIC_MODES:
         raise ValueError(f"radiometric scaling must be one of {RADIOMETRIC_MODES}, not {radiometric!r}")
     if info is None:
-        return _plain_plan(dtype, bands, stats)
+        return _plain_plan(dtype, bands, stats, photos)
     alpha = info.alpha
     data = [b for b in range(bands) if b != alpha]
     groups: list[tuple[int, ...]]
@@ -334,16 +383,28 @@ def make_plan(info: RasterInfo | None, dtype, bands: int, stats: BandStats, *, b
             for b in group:
                 ranges[b] = (lo, hi if hi > lo else lo + 1.0)
     return BandPlan(dtype=dtype, bands=bands, groups=groups, ranges=ranges, radiometric=mode,
-                    band_mode=band_mode, alpha=alpha, alpha_resample="nearest", nodata=info.nodata,
+                    band_mode=band_mode, alpha=alpha, alpha_resample="nearest",
+                    nodata=usable_nodata(info.nodata, dtype),
                     stored_range=info.stored_range, value_map=info.value_map, names=dict(info.names))
 
 
-def _plain_plan(dtype: np.dtype, bands: int, stats: BandStats) -> BandPlan:
+def _plain_plan(dtype: np.dtype, bands: int, stats: BandStats, photos: str = "dtype") -> BandPlan:
     """The engine's own mapping for photos (used when a plain TIFF is streamed): the type's
-    range for integers; floats as they are when within [0, 1], else by their min and max
-    over all channels; gray through the gray path, alpha through the engine's alpha path."""
+    range for integers (their colour channels' min and max with photos="minmax");
+    floats as they are when within [0, 1], else by their min and max over all channels;
+    gray through the gray path, alpha through the engine's alpha path."""
     groups = [(0, 1, 2)] if bands >= 3 else [(0,)]
     alpha = bands - 1 if bands in (2, 4) else None
+    if np.issubdtype(dtype, np.integer) and photos == "minmax":
+        color = list(groups[0])
+        lo, hi = float(np.min(stats.lo[color])), float(np.max(stats.hi[color]))
+        if not np.isfinite(lo) or not np.isfinite(hi):
+            lo, hi = _type_range(dtype)
+        ranges = [(lo, hi if hi > lo else lo + 1.0)] * bands
+        if alpha is not None:
+            ranges[alpha] = _type_range(dtype)
+        return BandPlan(dtype=dtype, bands=bands, groups=groups, ranges=ranges, radiometric="minmax",
+                        band_mode="plain", alpha=alpha, alpha_resample="engine", clamp=True)
     if np.issubdtype(dtype, np.integer):
         lo, hi = _type_range(dtype)
         mode = "dtype"
@@ -359,9 +420,10 @@ def _plain_plan(dtype: np.dtype, bands: int, stats: BandStats) -> BandPlan:
 
 
 def plan_for(pixels: np.ndarray, info: RasterInfo | None, *, band_mode: str = "rgb+gray",
-             radiometric: str = "auto") -> BandPlan:
+             radiometric: str = "auto", photos: str = "dtype") -> BandPlan:
     """The plan of an image held in memory."""
     nodata = info.nodata if info is not None else None
     value_map = info.value_map if info is not None else None
     stats = BandStats(pixels.shape[2], nodata, value_map).update(pixels)
-    return make_plan(info, pixels.dtype, pixels.shape[2], stats, band_mode=band_mode, radiometric=radiometric)
+    return make_plan(info, pixels.dtype, pixels.shape[2], stats, band_mode=band_mode, radiometric=radiometric,
+                     photos=photos)

@@ -349,3 +349,17 @@ def test_window_reader_fill_that_the_type_cannot_hold_is_zero(tmp_path):
         reader = windows.WindowReader(tif.pages[0], fill=-10000)
         assert reader.fill == 0 and math.isfinite(reader.fill)
         assert (reader.read(0, 64, 0, 64) == 9).all()
+
+
+def test_a_float_output_equal_to_nodata_is_moved_off_it():
+    pixels = np.full((6, 6, 1), 5.0, np.float32)
+    pixels[:2] = -9999.0
+    info = raster.RasterInfo(kind="geotiff", bands=1, nodata=-9999.0)
+    plan = raster.plan_for(pixels, info)
+    valid = plan.valid(pixels)
+    unit = plan.inputs(pixels, valid)
+    unit[0][...] = 0.0  # a model output of 0 everywhere ...
+    plan.ranges[0] = (-9999.0, 5.0)  # ... in a range whose bottom is the nodata value
+    out = plan.restore(unit, pixels, valid, (6, 6))
+    assert (out[:2] == -9999.0).all()  # nodata stays nodata
+    assert (out[2:] != -9999.0).all() and np.allclose(out[2:], -9999.0, atol=0.01)  # moved just off it
