@@ -223,7 +223,8 @@ def exif_note(exif: Exif, info: dict) -> None:
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
+    text = str(text).split("Traceback (most recent call last)")[0]  # some libraries put one in their message
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -146,7 +146,8 @@ GENERATED = {
     # frames and modes
     "apng.png": apng,
     "animated.gif": animated_gif,
-    "multipage.tif": lambda: b.tiff(np.stack([photo(10, 12, 1, seed=s) for s in range(3)])),
+    "multipage.tif": lambda: b.tiff(np.stack([photo(10, 12, 1, seed=s) for s in range(3)]),
+                                    photometric="minisblack"),
     "cmyk.jpg": lambda: b.pillow(Image.fromarray(photo()).convert("CMYK"), "JPEG"),
     "la.png": lambda: b.pillow(Image.fromarray(photo(channels=2)[..., 0]).convert("LA"), "PNG"),
     "gray16-trns.png": gray16_trns_png,
