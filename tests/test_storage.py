@@ -107,19 +107,6 @@ def test_listing_is_recursive_skips_hidden_and_own_folders_and_honours_globs(tmp
     assert single.key == "a.png" and single.version.startswith("size=1")
 
 
-def test_the_retry_schedule_patched_through_the_package_reaches_with_retries(monkeypatch):
-    delays = []
-    monkeypatch.setattr(retry.time, "sleep", delays.append)
-    monkeypatch.setattr(store, "RETRY_ATTEMPTS", 2)  # older tests patch the package: it forwards
-    assert retry.RETRY_ATTEMPTS == 2
-    FlakyMemory().pipe("/flaky/d.bin", b"payload")
-    FlakyMemory.failures = 10
-    with pytest.raises(store.StorageUnavailable, match="after 2 attempts"):
-        store.read_bytes("flaky:///flaky/d.bin")
-    assert len(delays) == 1
-    FlakyMemory.failures = 0
-
-
 def test_keys_are_used_verbatim_never_percent_decoded(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     for name in ["a%2Fb.png", "a/b.png", "x%20y.png", "x y.png", "%2e%2e/z.png"]:

@@ -86,23 +86,11 @@ class DecodedImage(_Layout):
         return self.pixels.dtype
 
 
-class _PixelLayout(NamedTuple):
-    """Transitional stand-in for ImageHeader.pixels: a shape and a dtype, no data."""
-
-    shape: tuple
-    dtype: np.dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-
 @dataclass
 class ImageHeader(_Layout):
     """What a header-only read knows (streaming): everything a DecodedImage has but its pixels.
 
-    Read shape and dtype here, never pixels; ``pixels`` exists only until stages/stream.py
-    reads ``shape``/``dtype`` and gives no data, just those two.
+    It has no ``pixels``: code that needs pixels cannot be handed a header by mistake.
     """
 
     shape: tuple  # (H, W, C) as the pixels would decode
@@ -113,10 +101,6 @@ class ImageHeader(_Layout):
     icc_profile: bytes | None = None
     raster: RasterInfo | None = None
     exif: bytes | None = None  # never read from a header; kept so encoders see the same fields
-
-    @property
-    def pixels(self) -> _PixelLayout:  # transitional, see the class doc
-        return _PixelLayout(tuple(self.shape), np.dtype(self.dtype))
 
 
 def check_size(width: int, height: int, label: str, max_pixels: int | None) -> None:

@@ -40,9 +40,10 @@ band in the manifest (``radiometric`` column), so it can be undone or reproduced
   fills 0..65535 (Sentinel-2 reflectance is about 0..10000, 12-bit sensors stop at
   4095), and mapped by the full range the model would see a nearly black image.
 
-Plain photos (no geo tags, no nodata, 1 to 4 channels of uint8/uint16/float32) keep the
-engine's own mapping (the type's range) by default, exactly as before. With
-``photos="minmax"`` an integer photo's colour channels share one range, their min and
+Plain photos (no geo tags, no nodata, 1 to 4 channels of uint8/uint16/float32): 8-bit and
+float photos keep the engine's own mapping (the type's range, ``photos="dtype"``); 16-bit
+photos are mapped by their own range (``photos="auto"``, the default, picks ``minmax`` for
+uint16). With ``photos="minmax"`` an integer photo's colour channels share one range, their min and
 max (alpha keeps the type's range), and the output is clipped to that range as the
 type's range clips it otherwise (what lies beyond is the model's ringing): the mapping
 16-bit photos need, since a 16-bit scan rarely fills 0..65535 and a CNN handed a nearly
@@ -334,16 +335,18 @@ def _type_range(dtype: np.dtype) -> tuple[float, float]:
     return float(info.min), float(info.max)
 
 
-PHOTO_MODES = ("dtype", "minmax")
+PHOTO_MODES = ("auto", "dtype", "minmax")
 
 
 def make_plan(info: RasterInfo | None, dtype, bands: int, stats: BandStats, *, band_mode: str = "rgb+gray",
-              radiometric: str = "auto", photos: str = "dtype") -> BandPlan:
+              radiometric: str = "auto", photos: str = "auto") -> BandPlan:
     """Decide the plan from the image's layout and its band statistics. `radiometric` is for
     rasters, `photos` for plain photos (info None): see the module doc."""
     dtype = np.dtype(dtype)
     if photos not in PHOTO_MODES:
         raise ValueError(f"photo scaling must be one of {PHOTO_MODES}, not {photos!r}")
+    if photos == "auto":
+        photos = "minmax" if dtype == np.uint16 else "dtype"
     if band_mode not in BAND_MODES:
         raise ValueError(f"band mode must be one of {BAND_MODES}, not {band_mode!r}")
     if radiometric not in RADIOMETRIC_MODES:
@@ -420,7 +423,7 @@ def _plain_plan(dtype: np.dtype, bands: int, stats: BandStats, photos: str = "dt
 
 
 def plan_for(pixels: np.ndarray, info: RasterInfo | None, *, band_mode: str = "rgb+gray",
-             radiometric: str = "auto", photos: str = "dtype") -> BandPlan:
+             radiometric: str = "auto", photos: str = "auto") -> BandPlan:
     """The plan of an image held in memory."""
     nodata = info.nodata if info is not None else None
     value_map = info.value_map if info is not None else None

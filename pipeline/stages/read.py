@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from pipeline import formats, raster, store
 from pipeline.stages import ImageWork, stage
 from pipeline.stages import stream
@@ -53,8 +55,8 @@ def _decode(work: ImageWork, data: bytes, spec) -> None:
         for note in decoded.info.get("notes", ()):
             work.row.note(note)
         work.decoded = decoded
-    if not work.alive or decoded.raster is None:
-        return
+    if not work.alive or (decoded.raster is None and decoded.dtype != np.uint16):
+        return  # 8-bit and float photos: the engine's own mapping; 16-bit ones by their range (raster.py)
     with stage(work, "band plan"):
         work.plan = raster.plan_for(decoded.pixels, decoded.raster, band_mode=spec.band_mode,
                                     radiometric=spec.radiometric)

@@ -66,7 +66,7 @@ class StreamJob:
     uri: str
     storage_options: dict = field(repr=False)
     name: str
-    like: formats.DecodedImage  # header-only: pixels is a zero-strided view of the right shape
+    like: formats.ImageHeader  # what the header says: shape, dtype, mode, raster info
     band_mode: str = "rgb+gray"
     radiometric: str = "auto"
     compress_level: int = 1
@@ -82,11 +82,11 @@ class StreamJob:
 
     @property
     def shape(self) -> tuple:
-        return self.like.pixels.shape
+        return self.like.shape
 
     def row_fields(self) -> dict:
         h, w, c = self.shape
-        return {"width": w, "height": h, "channels": c, "dtype": str(self.like.pixels.dtype),
+        return {"width": w, "height": h, "channels": c, "dtype": str(self.like.dtype),
                 "src_format": "tiff", "src_mode": self.like.mode}
 
     def cleanup(self) -> None:
@@ -147,7 +147,7 @@ def run(job: StreamJob, upscaler, scale: float | None, *, deadline: float | None
         raise ValueError(f"streaming a large image needs an integer scale, not {target:g}")
     s = int(target)
     h, w, bands = job.shape
-    dtype = job.like.pixels.dtype
+    dtype = job.like.dtype
     info = job.like.raster
     with _open(job.uri, job.storage_options) as fh, tifffile.TiffFile(fh) as tif:
         page = tif.pages[0]
@@ -231,17 +231,17 @@ def _release_freed_memory() -> None:
 _TRIM = None
 
 
-def _tiff_options(like: formats.DecodedImage, out_h: int, out_w: int) -> dict:
+def _tiff_options(like: formats.ImageHeader, out_h: int, out_w: int) -> dict:
     if like.raster is not None:
         return formats.raster_tiff_options(like, out_h, out_w)
-    bands = like.pixels.shape[2]
+    bands = like.shape[2]
     options = {"photometric": "rgb" if bands >= 3 else "minisblack", "metadata": None,
                "planarconfig": "contig" if bands > 1 else None}
     if bands in (2, 4):
         options["extrasamples"] = [like.info.get("extrasample", tifffile.EXTRASAMPLE.UNASSALPHA)]
     dpi = like.info.get("dpi")
     if dpi:
-        options.update(resolution=(dpi[0] * out_w / like.pixels.shape[1], dpi[1] * out_h / like.pixels.shape[0]),
+        options.update(resolution=(dpi[0] * out_w / like.shape[1], dpi[1] * out_h / like.shape[0]),
                        resolutionunit="inch")
     if like.icc_profile and like.icc_profile[16:20] == (b"GRAY" if bands <= 2 else b"RGB "):
         options["iccprofile"] = like.icc_profile

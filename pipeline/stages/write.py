@@ -29,7 +29,7 @@ def write(work: ImageWork, spec, dst_fs, dst_root: str) -> ImageWork:
             derivation = None
             if decoded.format == "dicom":
                 derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": row.config_key}
-            data = formats.encode_image(out, decoded, fmt, quality=spec.quality, dpi_scale=out.shape[1] / decoded.pixels.shape[1],
+            data = formats.encode_image(out, decoded, fmt, quality=spec.quality, dpi_scale=out.shape[1] / decoded.shape[1],
                                         compress_level=spec.compress_level, derivation=derivation)
         if data is not None:
             with stage(work, "write"):
@@ -90,7 +90,7 @@ def local_output_dir(spec, key: str) -> str | None:
 
 
 def _derivation_text(row, out, decoded) -> str:
-    factor = out.shape[1] / decoded.pixels.shape[1]
+    factor = out.shape[1] / decoded.shape[1]
     return (f"Super-resolution x{factor:g} by upscaler {__version__}, model {row.model} "
             f"(sha256 {str(row.model_sha256 or 'none')[:16]}); in-plane pixel spacing divided by {factor:g}")
 
@@ -107,7 +107,7 @@ def raster_columns(decoded, plan, out_shape: tuple, uid_seed: str) -> dict:
     if plan is not None:
         columns.update(bands=plan.bands_json(), radiometric=plan.radiometric_json())
     if info.geo is not None:
-        in_h, in_w = decoded.pixels.shape[:2]
+        in_h, in_w = decoded.shape[:2]
         out_h, out_w = out_shape[:2]
         columns.update(crs=info.geo.crs(), transform_in=geo.describe_transform(info.geo),
                        transform_out=geo.describe_transform(info.geo.scaled(out_w / in_w, out_h / in_h)))

@@ -290,13 +290,19 @@ def test_16_bit_photo_mapped_by_its_own_range_stays_in_range_with_a_cnn(model):
     assert np.abs(out[::2, ::2].astype(int) - pixels).mean() < 20  # and it is the image, not noise
 
 
-@pytest.mark.xfail(reason="the engine maps uint16 by 0..65535: a CNN sees a nearly black image and "
-                          "answers far outside 291..694 (see raster photos='minmax'); engine change pending",
-                   strict=False)
-def test_16_bit_photo_through_the_engine_with_a_cnn_stays_in_range():
+def test_16_bit_photo_through_a_run_with_a_cnn_stays_in_range(tmp_path):
+    from pipeline.job.local import run_local
+    from pipeline.spec import RunSpec
+
     pixels = small_range_photo()
-    out = Upscaler(load_model("edsr-x2"), device="cpu").upscale([pixels], 2)[0]
-    assert _sane(out, pixels)
+    (tmp_path / "src").mkdir()
+    import imagecodecs
+
+    (tmp_path / "src" / "scan.png").write_bytes(imagecodecs.png_encode(pixels))
+    summary = run_local(RunSpec(src=str(tmp_path / "src"), dst=str(tmp_path / "dst"), model="edsr-x2"))
+    assert summary["ok"] == 1
+    out = decode_image((tmp_path / "dst" / "scan.png").read_bytes()).pixels
+    assert out.dtype == np.uint16 and _sane(out, pixels)
 
 
 # ------------------------------------------------------------------ 6. nodata the type cannot hold

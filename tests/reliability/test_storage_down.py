@@ -17,6 +17,7 @@ from PIL import Image
 
 from benchmarks.faults import FlakyProxy
 from pipeline import cli, store
+from pipeline.store import retry
 from pipeline.store import manifest
 from pipeline.store import spool
 from pipeline.job.local import run_local
@@ -38,8 +39,8 @@ def outage(s3, monkeypatch, tmp_path):
     proxy = FlakyProxy(int(options["endpoint_url"].rsplit(":", 1)[1]))
     proxied = {**options, "endpoint_url": f"http://127.0.0.1:{proxy.port}",
                "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2, "read_timeout": 5}}
-    monkeypatch.setattr(store, "RETRY_ATTEMPTS", 2)
-    monkeypatch.setattr(store, "RETRY_FIRST_DELAY", 0.01)
+    monkeypatch.setattr(retry, "RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(retry, "RETRY_FIRST_DELAY", 0.01)
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)  # s3fs's own retry loop (~2 s a call)
     monkeypatch.setenv("UPSCALER_SPOOL", str(tmp_path / "spool"))
     return direct, proxied, f"{bucket}/src", f"{bucket}/dst", proxy
