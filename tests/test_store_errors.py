@@ -154,8 +154,9 @@ def test_quarantinable_names_are_properties_of_the_key():
 
 
 def test_one_line_error_messages():
-    assert store.one_line(ValueError("first line\n  second line")) == "first line"
-    assert store.one_line(ValueError("\n\n  spaced \t  out  \nrest")) == "spaced out"
+    assert store.one_line(ValueError("first line\n  second line")) == "first line second line"
+    assert store.one_line(ValueError("\n\n  spaced \t  out  \nrest")) == "spaced out rest"
+    assert store.one_line(ValueError("bad file\nTraceback (most recent call last):\n  File ...")) == "bad file"
     assert store.one_line(RuntimeError()) == "RuntimeError"
     assert store.one_line(MemoryError()) == "out of memory"
     cut = store.one_line(ValueError("x" * 1000), limit=50)

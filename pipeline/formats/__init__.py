@@ -46,8 +46,9 @@ from PIL import Image
 from pipeline.formats import pillow, png16, tiff
 from pipeline.formats.base import (
     DEFAULT_MAX_PIXELS, ORIENTATION, TIFF_DTYPES, DecodedImage, ImageDecodeError, ImageEncodeError, ImageHeader,
-    ImageTooLargeError, _one_line,
+    ImageTooLargeError, to_rgb8,
 )
+from pipeline.errors import one_line_text
 from pipeline.formats.base import check_size as _check_size
 from pipeline.formats.sniff import TIFF_MAGIC, not_an_image, png_bit_depth
 from pipeline.formats.sniff import sniff as _sniff  # `formats.sniff` stays the module
@@ -57,7 +58,7 @@ from pipeline.formats.tiff import tiff_dpi as _tiff_dpi
 __all__ = [
     "DEFAULT_MAX_PIXELS", "ORIENTATION", "TIFF_MAGIC", "DecodedImage", "ImageDecodeError", "ImageEncodeError",
     "ImageHeader", "ImageTooLargeError", "_check_size", "_tiff_dpi", "decode_image", "encode_image",
-    "output_format", "raster_tiff_options", "tiff_layout", "tiff_mode",
+    "output_format", "raster_tiff_options", "tiff_layout", "tiff_mode", "to_rgb8",
 ]
 
 _EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "dicom": ".dcm"}
@@ -134,7 +135,7 @@ def decode_image(
         decoded = _DECODERS[fmt](data, label, max_pixels)
     except ImageDecodeError as exc:
         if "\n" in str(exc) or "\r" in str(exc):
-            raise type(exc)(_one_line(str(exc), 1000)).with_traceback(exc.__traceback__) from exc.__cause__
+            raise type(exc)(one_line_text(str(exc), 1000)).with_traceback(exc.__traceback__) from exc.__cause__
         raise
     except Image.DecompressionBombError as exc:
         if max_pixels is None:
@@ -162,7 +163,7 @@ def _check_decoded(decoded: DecodedImage, label: str) -> None:
 def _describe_failure(fmt: str, exc: Exception) -> str:
     if isinstance(exc, Image.UnidentifiedImageError):
         return f"corrupt {fmt.upper()} file (header not understood)"
-    text = _one_line(str(exc))
+    text = one_line_text(str(exc), 300)
     truncated = isinstance(exc, EOFError) or any(
         hint in text.lower() for hint in ("truncated", "too small", "failed to read")
     )
@@ -219,7 +220,7 @@ def encode_image(
         except MemoryError:
             raise
         except Exception as exc:
-            raise ImageEncodeError(f"cannot write DICOM: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+            raise ImageEncodeError(f"cannot write DICOM: {type(exc).__name__}: {one_line_text(str(exc), 300)}") from exc
     if like.raster is not None and fmt != "tiff":
         what = "georeferencing, nodata and GDAL metadata" if like.raster.geo is not None else \
             f"{pixels.shape[2]} {pixels.dtype} bands"
@@ -241,7 +242,7 @@ def encode_image(
     except MemoryError:
         raise
     except Exception as exc:
-        raise ImageEncodeError(f"cannot write {fmt.upper()}: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+        raise ImageEncodeError(f"cannot write {fmt.upper()}: {type(exc).__name__}: {one_line_text(str(exc), 300)}") from exc
 
 
 def _check_encodable(fmt: str, pixels: np.ndarray) -> None:

@@ -16,6 +16,8 @@ from PIL import Image
 
 from pipeline.raster import RasterInfo
 
+from pipeline.errors import one_line_text
+
 # 400 Mpx (20000 x 20000) fits the largest camera captures (pixel-shift medium format)
 # and large archive scans, while such an image is already 1.2 GB as RGB uint8 (3.2 GB
 # as RGBA uint16) before it is upscaled. Larger images are refused from the header,
@@ -190,26 +192,20 @@ def read_exif(raw: bytes | None) -> Exif:
     if not isinstance(orientation, int) or orientation not in range(1, 9):
         orientation = 1
     if problem is not None:
-        return Exif(None, orientation, _one_line(problem))
+        return Exif(None, orientation, one_line_text(problem))
     if orientation == 1 and exif.get(ORIENTATION, 1) == 1:
         return Exif(raw, 1)
     try:
         exif[ORIENTATION] = 1
         return Exif(exif.tobytes(), orientation)
     except Exception as exc:
-        return Exif(None, orientation, _one_line(f"cannot rewrite it ({type(exc).__name__}: {exc})"))
+        return Exif(None, orientation, one_line_text(f"cannot rewrite it ({type(exc).__name__}: {exc})"))
 
 
 def exif_note(exif: Exif, info: dict) -> None:
     if exif.dropped is not None:
         applied = f"; its Orientation {exif.orientation} was applied" if exif.orientation != 1 else ""
         add_note(info, f"EXIF dropped: {exif.dropped}{applied}")
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = str(text).split("Traceback (most recent call last)")[0]  # some libraries put one in their message
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def as_dpi(value) -> tuple[float, float] | None:
@@ -239,3 +235,17 @@ def icc_for(like, space: bytes) -> bytes | None:
 
 def colour_space(channels: int, cmyk: bool) -> bytes:
     return b"CMYK" if cmyk else b"GRAY" if channels <= 2 else b"RGB "
+
+
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """Any decoded photo -> H x W x 3 uint8 (alpha dropped, gray repeated): what evaluation
+    and training compare, as the published benchmark figures do."""
+    if pixels.shape[2] in (2, 4):
+        pixels = pixels[..., :-1]
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    if pixels.dtype == np.uint16:
+        pixels = np.round(pixels / 257.0).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        pixels = np.round(np.clip(pixels, 0, 1) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(pixels)

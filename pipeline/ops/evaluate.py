@@ -19,12 +19,6 @@ from pipeline.models import load_model
 from pipeline.inference.resize import imresize
 
 
-def _as_rgb(pixels: np.ndarray) -> np.ndarray:
-    if pixels.shape[2] in (2, 4):
-        pixels = pixels[..., :-1]
-    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
-
-
 def _lr_index(lr_dir: str, storage_options: dict | None) -> dict[str, str]:
     """LR files by the stem of their HR image ('babyx4.png' -> 'baby')."""
     fs, root = store.open_location(lr_dir, storage_options)
@@ -54,7 +48,7 @@ def evaluate(
     lr_files = _lr_index(lr, storage_options) if lr else {}
     images = []
     for source in store.list_sources(hr, storage_options=storage_options):
-        hr_pixels = _as_rgb(formats.decode_image(store.read_bytes(source.uri, storage_options),
+        hr_pixels = formats.to_rgb8(formats.decode_image(store.read_bytes(source.uri, storage_options),
                                                  name=source.uri).pixels)
         h, w = (hr_pixels.shape[0] // scale) * scale, (hr_pixels.shape[1] // scale) * scale
         hr_pixels = hr_pixels[:h, :w]
@@ -62,11 +56,11 @@ def evaluate(
         if lr:
             if stem not in lr_files:
                 raise FileNotFoundError(f"no LR image for {source.key} under {lr}")
-            lr_pixels = _as_rgb(formats.decode_image(store.read_bytes(lr_files[stem], storage_options),
+            lr_pixels = formats.to_rgb8(formats.decode_image(store.read_bytes(lr_files[stem], storage_options),
                                                      name=lr_files[stem]).pixels)
         else:
             lr_pixels = imresize(hr_pixels, 1 / scale)
-        sr = _as_rgb(upscaler.upscale([lr_pixels], scale)[0])
+        sr = formats.to_rgb8(upscaler.upscale([lr_pixels], scale)[0])
         images.append({
             "image": source.key,
             "psnr": metrics.psnr(sr, hr_pixels, y_channel=True, shave=scale),

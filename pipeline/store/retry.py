@@ -21,6 +21,8 @@ import re
 import time
 from collections.abc import Mapping
 
+from pipeline.errors import one_line, one_line_text  # noqa: F401  (re-exported by pipeline.store)
+
 log = logging.getLogger("pipeline.store")
 
 # Retry schedule: up to 6 attempts, 0.25 s doubling, and no new attempt once 60 s have
@@ -213,20 +215,3 @@ def with_retries(action, what: str):
             delay *= 2
 
 
-def one_line_text(text: str, limit: int = 500) -> str:
-    """First non-empty line, whitespace collapsed, cut to `limit` characters with an ellipsis."""
-    line = next((" ".join(part.split()) for part in str(text).splitlines() if part.strip()), "")
-    return line if len(line) <= limit else line[:max(limit - 1, 0)] + "…"
-
-
-def one_line(error: BaseException, limit: int = 500) -> str:
-    """An error as one manifest-friendly line: the first line of its message (the
-    type name when the message is empty), whitespace collapsed, at most `limit`
-    characters. An empty MemoryError says "out of memory"; numpy's
-    _ArrayMemoryError keeps its "Unable to allocate ..." message."""
-    line = one_line_text(str(error), limit)
-    if line:
-        return line
-    if isinstance(error, MemoryError):
-        return "out of memory"
-    return one_line_text(type(error).__name__, limit)

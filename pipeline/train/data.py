@@ -32,21 +32,8 @@ class Pair:
     lr: np.ndarray  # (H / scale) x (W / scale) x 3 uint8, MATLAB bicubic
 
 
-def to_rgb8(pixels: np.ndarray) -> np.ndarray:
-    """Any decoded image -> H x W x 3 uint8 (alpha dropped, gray repeated)."""
-    if pixels.shape[2] in (2, 4):
-        pixels = pixels[..., :-1]
-    if pixels.shape[2] == 1:
-        pixels = np.repeat(pixels, 3, axis=2)
-    if pixels.dtype == np.uint16:
-        pixels = np.round(pixels / 257.0).astype(np.uint8)
-    elif pixels.dtype != np.uint8:
-        pixels = np.round(np.clip(pixels, 0, 1) * 255.0).astype(np.uint8)
-    return np.ascontiguousarray(pixels)
-
-
 def make_pair(key: str, pixels: np.ndarray, scale: int, max_side: int = 0) -> Pair:
-    hr = to_rgb8(pixels)
+    hr = formats.to_rgb8(pixels)
     if max_side:
         h, w = hr.shape[:2]
         top, left = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
