@@ -74,7 +74,34 @@ def rgba16_png() -> bytes:
     return imagecodecs.png_encode(np.random.default_rng(1).integers(0, 65535, (9, 7, 4), dtype=np.uint16))
 
 
+GEO_TAGS = [(33550, 12, 3, (30.0, 30.0, 0.0), False), (33922, 12, 6, (0, 0, 0, 500000.0, 4000000.0, 0), False),
+            (34735, 3, 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32618), False)]
+
+
+def geotiff(pixels: np.ndarray, *, nodata: str | None = None, **options) -> bytes:
+    extratags = GEO_TAGS + ([(42113, 2, len(nodata) + 1, nodata, False)] if nodata else [])
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, extratags=extratags, **options)
+    return buffer.getvalue()
+
+
+def rgba_geotiff_with_nodata_outside_its_type() -> bytes:
+    """uint8 RGBA whose GDAL_NODATA is -10000: it once ended the whole run (OverflowError)."""
+    rgba = np.asarray(photo(20, 16, "RGBA")).copy()
+    rgba[:4, :, 3] = 0
+    return geotiff(rgba, nodata="-10000", photometric="rgb", extrasamples=["unassalpha"])
+
+
+def palette_geotiff() -> bytes:
+    indices = np.random.default_rng(3).integers(0, 4, (16, 20), dtype=np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :4] = [[0, 65535, 0, 30000], [0, 0, 65535, 30000], [65535, 0, 0, 30000]]
+    return geotiff(indices, photometric="palette", colormap=colormap)
+
+
 GOOD = {
+    "geo/rgba-nodata-outside-its-type.tif": rgba_geotiff_with_nodata_outside_its_type,
+    "geo/palette.tif": palette_geotiff,
     "tiny/one-pixel.png": lambda: save(photo(1, 1), "PNG"),
     "tiny/one-by-n.png": lambda: save(photo(300, 1), "PNG"),
     "palette/transparent.png": palette_with_transparency,
@@ -87,6 +114,8 @@ GOOD = {
     "names/UPPER.PNG": lambda: save(photo(7, 7), "PNG"),
     "icc/srgb.png": lambda: save(photo(8, 8), "PNG", icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()),
 }
+BUILTIN_ERRORS = {"AttributeError", "TypeError", "KeyError", "IndexError", "OverflowError", "ZeroDivisionError",
+                  "NameError", "UnboundLocalError", "AssertionError"}
 BAD = {
     "bad/empty.png": lambda: b"",
     "bad/truncated.png": lambda: save(photo(40, 40), "PNG")[:100],
@@ -156,6 +185,9 @@ def test_every_hostile_input_is_either_upscaled_or_a_failed_row_and_nothing_else
     assert rows["bad/deleted-after-listing.png"]["error_type"] == "FileNotFoundError"
     assert rows["exif/rotated.jpg"]["width"] == 10 and rows["exif/rotated.jpg"]["height"] == 20  # rotated first
     assert rows["deep/rgba16.png"]["dtype"] == "uint16" and rows["deep/rgba16.png"]["channels"] == 4
+    for key in ("geo/rgba-nodata-outside-its-type.tif", "geo/palette.tif"):  # georeferenced outputs, rescaled
+        assert json.loads(rows[key]["transform_out"])[1] == 15.0 and rows[key]["crs"].startswith("EPSG:32618"), key
+    assert not any(r["error_type"] in BUILTIN_ERRORS for r in rows.values())  # those would be our bugs
     leftovers = [n for _, _, files in os.walk(archive / f"dst-{executor}") for n in files if n.endswith(".tmp")]
     assert leftovers == []
 
