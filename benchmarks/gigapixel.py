@@ -7,6 +7,9 @@ Cases (each in its own process, so its peak RSS is its own):
   tile (smooth fields plus texture, a nodata corner as where an orbit's swath ends),
   upscaled x2 with bicubic through `upscaler run --executor local` (streamed: the
   default threshold is 4096 x 4096). Target: peak RSS <= 1.5 GiB.
+- ``single_strip_x2_bicubic``: a 20000 x 20000 uint8 gray TIFF stored as one uncompressed
+  strip (tifffile's and Pillow's default), x2 bicubic, streamed: each window reads only
+  the rows it needs. Target: peak RSS <= 1.5 GiB.
 - ``crop_x4_model_streamed`` / ``crop_x4_model_in_memory``: the top-left 2048 x 2048 of
   the same image, x4 with the bundled x4 model when pipeline/weights has one
   (``NAMED_MODELS``), else an EDSR-baseline-sized network (16 blocks x 64 features,
@@ -19,7 +22,7 @@ Cases (each in its own process, so its peak RSS is its own):
 Prints one JSON object: per case wall seconds, input and output megapixels per second,
 peak RSS, output size, windows, lr_psnr.
 
-    python benchmarks/gigapixel.py [--size 10980] [--crop 2048] [--cases s2_x2_bicubic,...] [--keep DIR]
+    python benchmarks/gigapixel.py [--size 10980] [--crop 2048] [--strip-size 20000] [--cases s2_x2_bicubic,...] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-CASES = ("s2_x2_bicubic", "crop_x4_model_streamed", "crop_x4_model_in_memory", "crop_x4_model_streamed_tile128")
+CASES = ("s2_x2_bicubic", "single_strip_x2_bicubic", "crop_x4_model_streamed", "crop_x4_model_in_memory",
+         "crop_x4_model_streamed_tile128")
 TILE = 512
 
 
@@ -72,6 +76,18 @@ def make_geotiff(path: Path, size: int, y0: int = 0, x0: int = 0) -> None:
                      extratags=extratags, metadata=None)
 
 
+def make_single_strip(path: Path, size: int) -> None:
+    """size x size uint8 gray, uncompressed, one strip for the whole image: what tifffile and
+    Pillow write by default, and the layout a window reader must not decode whole."""
+    yy, xx = np.mgrid[0:size, 0:size // 8].astype(np.float32)  # built an eighth at a time: less memory here
+    pixels = np.empty((size, size), np.uint8)
+    for k in range(8):
+        x = xx + k * (size // 8)
+        pixels[:, k * (size // 8) : (k + 1) * (size // 8)] = (
+            128 + 80 * np.sin(x / 97.0) * np.cos(yy / 61.0) + 30 * np.sin((x + yy) / 7.0)).astype(np.uint8)
+    tifffile.imwrite(path, pixels, rowsperstrip=size, photometric="minisblack", metadata=None)
+
+
 def x4_model(directory: Path) -> tuple[str, str]:
     """(model spec, description): a bundled x4 model, else a saved random-init EDSR-baseline."""
     from pipeline.models import NAMED_MODELS, LoadedModel, save_model
@@ -96,13 +112,13 @@ def x4_model(directory: Path) -> tuple[str, str]:
 
 def run_case(src: str, dst: str, model: str, scale: int, threshold: int, tile: int | None = None) -> dict:
     """One run in this process; returns its figures (called in a child process)."""
-    from pipeline.job.local import run_local
-from pipeline.spec import RunSpec
     import pyarrow.parquet as pq
 
+    from pipeline.job.local import run_local
+    from pipeline.spec import RunSpec
+
     started = time.perf_counter()
-    summary = run_local(RunSpec(src=src, dst=dst, model=model, scale=scale, stream_threshold=threshold,
-                                  tile=tile))
+    summary = run_local(RunSpec(src=src, dst=dst, model=model, scale=scale, stream_threshold=threshold, tile=tile))
     seconds = time.perf_counter() - started
     row = pq.read_table(os.path.join(dst, "_manifest")).to_pylist()[0]
     out_file = Path(dst) / Path(src).name if Path(src).is_file() else next(Path(dst).glob("*.tif"))
@@ -126,6 +142,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=10980)
     parser.add_argument("--crop", type=int, default=2048)
+    parser.add_argument("--strip-size", type=int, default=20000)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -153,10 +170,17 @@ def main(argv=None) -> None:
     crop.parent.mkdir(exist_ok=True)
     if not crop.exists():
         make_geotiff(crop, args.crop, y0=args.size // 3, x0=args.size // 3)  # content, no nodata corner
+    strip = work / "strip" / "single_strip.tif"
+    strip.parent.mkdir(exist_ok=True)
+    if "single_strip_x2_bicubic" in args.cases and not strip.exists():
+        make_single_strip(strip, args.strip_size)
+        results["single_strip_file"] = {"size": f"{args.strip_size} x {args.strip_size} uint8, one uncompressed strip",
+                                        "mb": round(strip.stat().st_size / 1e6, 1)}
     model, description = x4_model(work)
     results["x4_model"] = description
     plans = {
         "s2_x2_bicubic": (str(big), "bicubic", 2, 4096 * 4096),
+        "single_strip_x2_bicubic": (str(strip), "bicubic", 2, 4096 * 4096),
         "crop_x4_model_streamed": (str(crop), model, 4, 1),
         "crop_x4_model_in_memory": (str(crop), model, 4, 0),
         "crop_x4_model_streamed_tile128": (str(crop), model, 4, 1, 128),
