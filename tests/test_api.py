@@ -29,3 +29,14 @@ def test_plan_then_run_then_plan_again(tmp_path):
     assert (summary["ok"], summary["failed"]) == (3, 0)
     after = pipeline.plan(str(tmp_path / "src"), str(tmp_path / "dst"), model="bicubic", scale=2)
     assert (after["todo"], after["done"]) == (0, 3)
+
+
+def test_upscale_image_leaves_the_callers_model_as_it_was():
+    import torch
+
+    model = pipeline.load_model("edsr-x2")
+    before = {k: (v.dtype, v.device) for k, v in model.module.state_dict().items()}
+    out = pipeline.upscale_image(np.zeros((12, 10, 3), np.uint8), model, precision="bf16", device="cpu")
+    assert out.shape == (24, 20, 3)
+    assert {k: (v.dtype, v.device) for k, v in model.module.state_dict().items()} == before
+    assert next(model.module.parameters()).dtype == torch.float32

@@ -113,6 +113,38 @@ def test_a_failure_injected_in_a_stage_fails_that_image_only_and_the_run_record_
     assert len(records_of(dst)) == 1
 
 
+def test_a_failure_in_encoding_fails_that_image_only(photos, tmp_path, monkeypatch):
+    (photos / "b.png").write_bytes(png(1, h=21))  # its output alone is 42 rows high
+    real = formats.encode_image
+    monkeypatch.setattr(formats, "encode_image", lambda pixels, *a, **k: (_ for _ in ()).throw(
+        IndexError("injected in encoding")) if pixels.shape[0] == 42 else real(pixels, *a, **k))
+    dst = tmp_path / "dst"
+    summary = run_local(RunSpec(src=str(photos), dst=str(dst), model="bicubic", scale=2))
+    rows = by_image(rows_of(dst))
+    assert (summary["ok"], summary["failed"]) == (2, 1)
+    assert rows["b.png"]["error"] == "encode: injected in encoding" and not (dst / "b.png").exists()
+
+
+def test_an_error_that_escapes_the_loop_still_leaves_the_rows_and_the_run_record(photos, tmp_path, monkeypatch):
+    from pipeline.job import local
+
+    real_infer, calls = local.Worker.infer, {"n": 0}
+
+    def infer(self, group):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("a bug outside any stage")
+        return real_infer(self, group)
+
+    monkeypatch.setattr(local.Worker, "infer", infer)
+    dst = tmp_path / "dst"
+    with pytest.raises(RuntimeError, match="a bug outside any stage"):
+        run_local(RunSpec(src=str(photos), dst=str(dst), model="bicubic", scale=2, batch_images=1))
+    assert sorted(r["image_id"] for r in rows_of(dst)) == ["a.png", "b.png"]
+    record = records_of(dst)[0]
+    assert record["ok"] == 2 and record["interrupted"] == "error: RuntimeError: a bug outside any stage"
+
+
 def test_a_failure_in_inference_or_scoring_fails_that_image_only(photos, tmp_path, monkeypatch):
     real_upscale = Upscaler.upscale
 

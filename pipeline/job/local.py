@@ -4,7 +4,8 @@ Reads and writes run in threads while the main thread keeps the model busy, with
 bounded queues (at most two groups read ahead, two groups being written). On Ctrl-C or
 SIGTERM the images being written are finished and recorded, the rest of the rows and
 the run record (marked interrupted) are written, and `RunInterrupted` carries the
-summary to the caller: the same command, or `upscaler rerun`, finishes the job.
+summary to the caller: the same command, or `upscaler rerun`, finishes the job. An
+exception that escapes (a bug of ours) leaves the same rows and record, marked with it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from pipeline.errors import one_line
 from pipeline.job.prepare import load_spec_model, prepare
 from pipeline.job.recovery import recover
 from pipeline.job.sink import RowSink
@@ -71,6 +73,9 @@ def run_local(spec, *, progress: bool = False) -> dict:
             interrupted = "SIGINT"
         except _Terminated:
             interrupted = "SIGTERM"
+        except Exception as error:  # our bug: the record says so, and `rerun` resumes the run
+            interrupted = f"error: {type(error).__name__}: {one_line(error)}"
+            raise
         finally:
             summary = sink.close(executor="local", engine=upscaler.info, interrupted=interrupted)
     if interrupted:

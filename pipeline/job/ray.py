@@ -25,6 +25,7 @@ import pyarrow as pa
 from pipeline import store
 from pipeline.job import resume
 from pipeline.job.local import RunInterrupted, _Terminated, sigterm_raises
+from pipeline.errors import one_line
 from pipeline.job.prepare import load_spec_model, prepare
 from pipeline.job.recovery import recover, remove_if_empty
 from pipeline.store.manifest import to_table, ManifestRow
@@ -162,6 +163,9 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
             interrupted = "SIGINT"
         except _Terminated:
             interrupted = "SIGTERM"
+        except Exception as error:  # our bug: the record says so, and `rerun` resumes the run
+            interrupted = f"error: {type(error).__name__}: {one_line(error)}"
+            raise
         finally:
             _remove_plan(info.dst_fs, plan_dir, info.dst_root)
             engine_record = {"workers": workers, "cpus_per_worker": cpus_per, "gpus_per_worker": gpus_per, **engine}
