@@ -35,6 +35,7 @@ from PIL import Image
 from pipeline import formats
 from pipeline.models import LoadedModel, load_model, save_model
 from pipeline.models.edsr.arch import EDSR
+from pipeline.inference.engine import pick_device
 from pipeline.job.local import run_local
 from pipeline.spec import RunSpec
 
@@ -114,8 +115,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", default=None)
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     files = lr_images(args.images)
     model = edsr_baseline(args.weights)
     module = model.module.eval().to(device, memory_format=torch.channels_last)

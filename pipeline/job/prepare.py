@@ -10,14 +10,14 @@ from pipeline import store
 from pipeline.models import LoadedModel, load_model
 from pipeline.job import resume
 from pipeline.job.sink import RunInfo, now
-from pipeline.stages.list import PlannedImage, list_sources, plan_outputs
+from pipeline.stages.list import ToDo, list_sources, plan_outputs
 
 
 @dataclass
 class Prepared:
     info: RunInfo
     engine: dict  # the resolved engine settings (device, precision, tile, overlap)
-    todo: list[PlannedImage]
+    todo: ToDo  # iterates PlannedImage
     counts: resume.Plan
 
 

@@ -98,7 +98,7 @@ class UpscaleWorker:
         return to_table(self.worker.process(planned))
 
 
-def write_plan(todo: list[PlannedImage], fs, plan_dir: str) -> list[str]:
+def write_plan(todo, fs, plan_dir: str) -> list[str]:
     """The to-do list as Parquet chunks under DST/_plans/<run_id>/, readable by every node."""
     import pyarrow.parquet as pq
 

@@ -56,36 +56,72 @@ def output_key(key: str, spec) -> str:
     return store.output_key(key, out_ext, keep_extension=spec.keep_extension)
 
 
+class ToDo:
+    """The images to do, in listing order, as compact as a million of them allow: the
+    sources, and the reasons for the few that are refused; each image's output key is
+    derived again when it is handed out."""
+
+    def __init__(self, sources: list[store.Source], refused: dict[int, str], spec):
+        self.sources, self.refused, self.spec = sources, refused, spec
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __iter__(self) -> Iterator[PlannedImage]:
+        for index, source in enumerate(self.sources):
+            yield PlannedImage(source, _safe_output_key(source.key, self.spec), self.refused.get(index, ""))
+
+
+def _safe_output_key(key: str, spec) -> str:
+    try:
+        return output_key(key, spec)
+    except store.UnsafeKeyError:
+        return ""
+
+
 def plan_outputs(sources: Iterable[store.Source], spec, *, owners: dict[str, str], dst_fs, dst_root: str,
-                 case_insensitive: bool) -> list[PlannedImage]:
-    """Every source with its output key; sources that share an output key with another
-    source, or with an earlier run's output of another image, are refused. Holds the
-    to-do list in memory (a few hundred bytes per image)."""
-    planned: list[PlannedImage] = []
-    claims: dict[str, list[int]] = {}
+                 case_insensitive: bool) -> ToDo:
+    """Every source to do, with the ones refused that share an output key with another
+    source, or with an earlier run's output of another image."""
+    todo: list[store.Source] = []
+
+    def claim_of(source: store.Source) -> str:
+        key = _safe_output_key(source.key, spec)
+        return store.collision_key(key, case_insensitive) if key else ""
+
+    # By the claim's hash, not the claim, to hold a million of them in little memory; a
+    # hash match is confirmed on the claims themselves (a 64-bit hash collision is kept apart).
+    first: dict[int, int] = {}  # hash of a collision key -> the first source that claims it
+    apart: dict[str, int] = {}  # claims whose hash another claim took
+    shared: dict[str, list[int]] = {}  # collision key -> every source that claims it, where several do
     for source in sources:
-        try:
-            key = output_key(source.key, spec)
-        except store.UnsafeKeyError:
-            planned.append(PlannedImage(source, ""))
-            continue
-        claims.setdefault(store.collision_key(key, case_insensitive), []).append(len(planned))
-        planned.append(PlannedImage(source, key))
-    for indices in claims.values():
-        if len(indices) > 1:
-            for i in indices:
-                others = ", ".join(planned[j].source.key for j in indices if j != i)
-                planned[i] = PlannedImage(planned[i].source, planned[i].output_key,
-                                          f"output {planned[i].output_key} would also be the output of {others}; "
-                                          "rename one, or use --keep-extension")
-    for i, item in enumerate(planned):
-        if item.output_key and not item.refused:
-            owner = owners.get(store.full_uri(dst_fs, posixpath.join(dst_root, item.output_key)))
-            if owner is not None and owner != item.source.key:
-                planned[i] = PlannedImage(item.source, item.output_key,
-                                          f"output {item.output_key} was written by an earlier run for {owner}; "
-                                          "rename one, or use --keep-extension")
-    return planned
+        claim = claim_of(source)
+        if claim:
+            index, digest = len(todo), hash(claim)
+            if digest not in first:
+                first[digest] = index
+            elif claim_of(todo[first[digest]]) == claim:
+                shared.setdefault(claim, [first[digest]]).append(index)
+            elif claim in apart:
+                shared.setdefault(claim, [apart[claim]]).append(index)
+            else:
+                apart[claim] = index
+        todo.append(source)
+    del first, apart
+    refused: dict[int, str] = {}
+    for indices in shared.values():
+        for i in indices:
+            others = ", ".join(todo[j].key for j in indices if j != i)
+            refused[i] = (f"output {_safe_output_key(todo[i].key, spec)} would also be the output of {others}; "
+                          "rename one, or use --keep-extension")
+    if owners:  # outputs earlier runs wrote, by the image they wrote them for
+        for i, source in enumerate(todo):
+            key = _safe_output_key(source.key, spec)
+            owner = owners.get(store.full_uri(dst_fs, posixpath.join(dst_root, key))) if key else None
+            if owner is not None and owner != source.key and i not in refused:
+                refused[i] = (f"output {key} was written by an earlier run for {owner}; "
+                              "rename one, or use --keep-extension")
+    return ToDo(todo, refused, spec)
 
 
 def sources_from_list(list_uri: str, src: str, storage_options: dict | None) -> Iterator[store.Source]:

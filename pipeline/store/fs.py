@@ -22,7 +22,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".
 RESERVED_PREFIXES = ("_manifest/", "_report/", "_plans/")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million of them are held while planning
 class Source:
     uri: str  # full URL of the object, with protocol
     key: str  # path relative to the source root, '/'-separated, verbatim (never percent-decoded)
