@@ -146,9 +146,14 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--make-strip", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:  # src dst model scale threshold [tile]
         print(json.dumps(run_case(*json.loads(args.child))))
+        return
+    if args.make_strip:
+        path, size = json.loads(args.make_strip)
+        make_single_strip(Path(path), size)
         return
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gigapixel-"))
@@ -173,7 +178,10 @@ def main(argv=None) -> None:
     strip = work / "strip" / "single_strip.tif"
     strip.parent.mkdir(exist_ok=True)
     if "single_strip_x2_bicubic" in args.cases and not strip.exists():
-        make_single_strip(strip, args.strip_size)
+        # In a process of its own: this one's memory would otherwise be every child's starting
+        # peak (ru_maxrss survives fork and exec), and building the image takes a few GiB.
+        subprocess.run([sys.executable, __file__, "--make-strip", json.dumps([str(strip), args.strip_size])],
+                       check=True)
         results["single_strip_file"] = {"size": f"{args.strip_size} x {args.strip_size} uint8, one uncompressed strip",
                                         "mb": round(strip.stat().st_size / 1e6, 1)}
     model, description = x4_model(work)
