@@ -46,6 +46,27 @@ class RayOptions:
     workers: int | None = None  # actors; default: GPUs, or CPUs // 2 (at least 1)
     cpus_per_worker: float | None = None
     gpus_per_worker: float | None = None  # default 1 where GPUs exist, else 0
+    stall_timeout: float = 300.0  # seconds without a finished batch before the run is ended; 0: wait forever
+
+
+class StalledError(RuntimeError):
+    """No batch finished for `stall_timeout` seconds: what Ray was waiting for is in the message."""
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse at once an address where nothing listens (Ray itself retries for minutes)."""
+    import socket
+
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address!r}: expected HOST:PORT of a Ray cluster's GCS (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ValueError(f"--address {address}: nothing answers there ({error.strerror or error}); "
+                         "is the Ray cluster up, and is this its GCS address (port 6379 by default)?") from None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None):
@@ -57,6 +78,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
+            check_address(address)
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
@@ -75,7 +97,25 @@ def _resources(ray, options: RayOptions) -> tuple[int, float, float]:
         workers = max(1, int(cpus // 2))
     # Leave a whole CPU for Ray Data's own tasks: actors that take every CPU starve them and the job hangs.
     cpus_per = options.cpus_per_worker if options.cpus_per_worker is not None else max(0.25, (cpus - 1) / workers)
+    check_fits(ray, workers, cpus_per, gpus_per)
     return workers, cpus_per, gpus_per
+
+
+def check_fits(ray, workers: int, cpus_per: float, gpus_per: float) -> None:
+    """Refuse, with the numbers, actors that no node can hold (Ray would wait for them forever)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    places = sum(min(int(n.get("CPU", 0) // cpus_per) if cpus_per else workers,
+                     int(n.get("GPU", 0) // gpus_per) if gpus_per else workers) for n in nodes)
+    if places >= workers:
+        return
+    gpus = sum(n.get("GPU", 0) for n in nodes)
+    if gpus_per and not gpus:
+        raise ValueError(f"--gpus-per-worker {gpus_per:g}: the cluster has no GPU; use --gpus-per-worker 0 "
+                         "(or leave it out) to run on CPUs")
+    per_node = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
+    raise ValueError(f"{workers} worker(s) of {cpus_per:g} CPU and {gpus_per:g} GPU each do not fit the cluster's "
+                     f"nodes ({per_node}): at most {places} can be placed; lower --workers, --cpus-per-worker or "
+                     "--gpus-per-worker")
 
 
 def _engine_info(spec) -> dict:
@@ -166,7 +206,8 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
                     max_restarts=-1,
                     max_task_retries=-1,
                 )
-                for result in results.iter_batches(batch_format="pyarrow", batch_size=None):
+                for result in _watched(results.iter_batches(batch_format="pyarrow", batch_size=None),
+                                       options.stall_timeout, ray):
                     for row in result.to_pylist():
                         sink.add(ManifestRow.from_dict(row))
         except KeyboardInterrupt:
@@ -183,6 +224,46 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
     if interrupted:
         raise RunInterrupted(interrupted, summary)
     return summary
+
+
+def _watched(batches, stall_timeout: float, ray):
+    """The batches, read in a thread so that a run making no progress for `stall_timeout`
+    seconds ends (StalledError, rows flushed by the caller) instead of hanging."""
+    import queue
+    import threading
+
+    if not stall_timeout:
+        yield from batches
+        return
+    arrived: queue.Queue = queue.Queue(maxsize=2)
+    done = object()
+
+    def pump():
+        try:
+            for batch in batches:
+                arrived.put(batch)
+            arrived.put(done)
+        except BaseException as error:  # handed to the driver's thread
+            arrived.put(error)
+
+    threading.Thread(target=pump, name="ray-batches", daemon=True).start()
+    while True:
+        try:
+            item = arrived.get(timeout=stall_timeout)
+        except queue.Empty:
+            raise StalledError(f"no image finished for {stall_timeout:g} s (--stall-timeout); Ray is waiting with "
+                               f"{_available(ray)} free: the workers may not fit, or a model load or storage call "
+                               "hangs. The rows so far are written; the same command resumes.") from None
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _available(ray) -> str:
+    free = ray.available_resources()
+    return ", ".join(f"{free.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
 
 
 def _remove_plan(fs, plan_dir: str, dst_root: str) -> None:
