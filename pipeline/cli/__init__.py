@@ -38,9 +38,13 @@ __all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_SOME_FAILED", "EXIT_STORAGE", "EXIT_BR
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="upscaler", description="Batch super-resolution for image archives.")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The `upscaler` parser. Global options (-v) go before or after the subcommand; every
+    subcommand's parser is an UpscalerParser, whose usage errors name the closest option."""
+    parser = options.UpscalerParser(prog="upscaler", description="Batch super-resolution for image archives.",
+                                    epilog="`upscaler COMMAND --help` lists a command's options.")
+    options.add_global_options(parser, in_subcommand=False)
+    sub = parser.add_subparsers(dest="command", required=True, action=options.Subcommands, metavar="COMMAND",
+                                parser_class=options.UpscalerParser)
     for module in COMMANDS:
         module.add_parser(sub).set_defaults(handler=module.command)
     return parser

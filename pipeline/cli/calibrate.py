@@ -10,12 +10,16 @@ from pipeline.cli import EXIT_OK
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     cal = subparsers.add_parser("calibrate", help="measure a model's megapixels/s on this device for `plan`")
-    cal.add_argument("--model", default=None)
-    cal.add_argument("--device", default="auto")
-    cal.add_argument("--tile", type=int, default=None)
-    cal.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
-    cal.add_argument("--seconds", type=float, default=10.0, help="how long to measure")
-    cal.add_argument("--json", action="store_true")
+    cal.add_argument("-m", "-n", "--model", default=None,
+                     help="named model, local path or fsspec URL (default: the bundled x4 model)")
+    cal.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
+    cal.add_argument("-t", "--tile", type=int, default=None,
+                     help="tile size in input pixels (default: from the memory budget, as `run` picks it)")
+    cal.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                     help="default: auto (fp32 on CPU; bf16 or fp16 on CUDA), as `run` picks it")
+    cal.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
+    cal.add_argument("--seconds", type=float, default=10.0, help="how long to measure (default: %(default)s)")
+    cal.add_argument("--json", action="store_true", help="print the result as JSON")
     return cal
 
 

@@ -9,9 +9,9 @@ import sys
 def add_parser(subparsers) -> argparse.ArgumentParser:
     demo = subparsers.add_parser("demo", help="write sample images (offline) and upscale them with the default model")
     demo.add_argument("dir", nargs="?", default="upscaler-demo", help="writes DIR/samples and DIR/upscaled")
-    demo.add_argument("--model", default=None)
-    demo.add_argument("--executor", choices=("ray", "local"), default="ray")
-    demo.add_argument("--json", action="store_true")
+    demo.add_argument("-m", "-n", "--model", default=None, help="as for `run` (default: the bundled x4 model)")
+    demo.add_argument("--executor", choices=("ray", "local"), default="ray", help="as for `run` (default: %(default)s)")
+    demo.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     return demo
 
 

@@ -10,7 +10,7 @@ from pipeline.cli import EXIT_OK
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     models = subparsers.add_parser("models", help="list the named models")
-    models.add_argument("--json", action="store_true")
+    models.add_argument("--json", action="store_true", help="print the list as JSON")
     return models
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli import EXIT_OK
-from pipeline.cli.options import _print_plan, add_run_options, add_storage_option, config_from_args
+from pipeline.cli.options import _print_plan, add_price_option, add_run_options, add_storage_option, config_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     plan = subparsers.add_parser("plan", help="what a run would do and cost; runs nothing")
     add_run_options(plan)
-    plan.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
+    add_price_option(plan)
     add_storage_option(plan)
-    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     return plan
 
 

@@ -10,7 +10,7 @@ from pipeline.cli.options import add_storage_option
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     report = subparsers.add_parser("report", help="write a static HTML report of a run under DST/_report/")
-    report.add_argument("dst")
+    report.add_argument("dst", help="the destination of the run")
     report.add_argument("--run-id", default=None, help="default: the latest run")
     add_storage_option(report)
     return report

@@ -6,14 +6,14 @@ import argparse
 import sys
 
 from pipeline.cli import EXIT_OK
-from pipeline.cli.options import _print_plan, _report, _summary, add_executor_options
+from pipeline.cli.options import _print_plan, _report, _summary, add_executor_options, add_price_option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     rerun = subparsers.add_parser("rerun", help="redo the images whose latest row failed or whose output vanished")
     rerun.add_argument("dst", help="the destination of the earlier runs")
     rerun.add_argument("--dry-run", action="store_true", help="the plan for what would be redone; runs nothing")
-    rerun.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
+    add_price_option(rerun)
     add_executor_options(rerun)
     return rerun
 
@@ -48,8 +48,9 @@ def command(args) -> int:
         group.config.batch_images = max(1, args.batch_size)
         summaries.append(_summary(group.config, args))
     total = {"run_id": ",".join(s["run_id"] for s in summaries), "failures": [], "manifest": None}
-    for key in ("ok", "failed", "skipped", "total", "seconds", "megapixels_in", "megapixels_out", "device_seconds"):
-        total[key] = sum(s[key] for s in summaries)
+    for key in ("ok", "failed", "skipped", "quarantined", "total", "seconds", "megapixels_in", "megapixels_out",
+                "device_seconds"):
+        total[key] = sum(s.get(key, 0) for s in summaries)
     for s in summaries:
         total["failures"] += s["failures"]
         total["manifest"] = s["manifest"]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.options import _execute, add_executor_options, add_run_options, config_from_args
+from pipeline.cli.options import _execute, add_executor_options, add_price_option, add_run_options, config_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     run = subparsers.add_parser("run", help="upscale every image under SRC into DST, with a Parquet manifest")
     add_run_options(run)
     run.add_argument("--max-cost", type=float, default=None, metavar="USD",
-                     help="refuse to start (exit 2, nothing written) when the estimate exceeds this; needs --gpu-hour-price")
-    run.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
+                     help="refuse to start (exit 2, nothing written) when the estimate exceeds this; needs "
+                          "--gpu-hour-price (default: no budget)")
+    add_price_option(run)
     add_executor_options(run)
     return run
 

@@ -6,15 +6,15 @@ import argparse
 import json
 
 from pipeline.cli import EXIT_OK
-from pipeline.cli.options import add_storage_option
+from pipeline.cli.options import add_price_option, add_storage_option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     runs = subparsers.add_parser("runs", help="list the runs recorded under DST")
-    runs.add_argument("dst")
-    runs.add_argument("--gpu-hour-price", type=float, default=None, metavar="USD")
+    runs.add_argument("dst", help="the destination of the runs")
+    add_price_option(runs)
     add_storage_option(runs)
-    runs.add_argument("--json", action="store_true")
+    runs.add_argument("--json", action="store_true", help="print the runs as JSON")
     return runs
 
 
