@@ -24,7 +24,9 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The dashboard serves Ray's state API, which the killed-worker test asks for its own actor's pid;
+    # port 0: a free port, so the state API can only reach this module's cluster, never another one here.
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=0, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -142,6 +144,19 @@ def test_resume_skips_done_images_redoes_deleted_outputs_and_rerun_fixes_only_th
     assert (final["ok"], final["failed"], final["skipped"]) == (0, 0, 7)
 
 
+def upscale_worker_pids() -> list[int]:
+    """Pids of the live UpscaleWorker actors of the cluster this process is connected to. Ray Data runs
+    the class inside its own _MapWorker actor; Ray 2.60 lists that actor's class_name (and repr_name, a
+    detail field) as "MapWorker(MapBatches(UpscaleWorker))", so the match is on a substring of either."""
+    from ray.util.state import list_actors
+
+    # The address is this cluster's own: left out, the state API looks for "the" cluster on the machine
+    # and gives up (or picks another) when other Ray instances run there.
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, detail=True,
+                         filters=[("state", "=", "ALIVE")])
+    return [a.pid for a in actors if a.pid and "UpscaleWorker" in f"{a.class_name} {a.repr_name or ''}"]
+
+
 def test_killing_a_worker_mid_run_loses_no_image_and_duplicates_none(tmp_path, capsys):
     weights = save_edsr(tmp_path / "edsr.safetensors", feat=32, blocks=8)  # slow enough to be caught mid-run
     src = tmp_path / "src"
@@ -149,26 +164,28 @@ def test_killing_a_worker_mid_run_loses_no_image_and_duplicates_none(tmp_path, c
     count = 32
     for i in range(count):
         (src / f"img{i:02d}.png").write_bytes(png(i, 128, 128))
-    killed = []
+    killed, errors = [], []
 
     def kill_one_worker():
-        """SIGKILL the actor's process (Ray titles it after the class) once a few outputs exist."""
-        import psutil
-
+        """SIGKILL this run's actor once a few outputs exist. Its pid comes from the state API of this
+        module's own cluster: matching command lines would also kill other runs' workers on the machine."""
         deadline = time.time() + 60
-        while time.time() < deadline and not killed:
-            if (tmp_path / "dst").exists() and len(list((tmp_path / "dst").glob("*.png"))) >= 3:
-                for proc in psutil.process_iter(["pid", "cmdline"]):
-                    if "UpscaleWorker" in " ".join(proc.info["cmdline"] or []):
-                        os.kill(proc.info["pid"], signal.SIGKILL)
-                        killed.append(proc.info["pid"])
-                        break
-            time.sleep(0.05)
+        try:
+            while time.time() < deadline and not killed:
+                if (tmp_path / "dst").exists() and len(list((tmp_path / "dst").glob("*.png"))) >= 3:
+                    for pid in upscale_worker_pids()[:1]:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                time.sleep(0.05)
+        except Exception as error:  # re-raised by the test: a failing state API must not pass as "too fast"
+            errors.append(error)
 
     killer = threading.Thread(target=kill_one_worker)
     killer.start()
     code = cli("run", src, tmp_path / "dst", "--model", weights, "--workers", "1", "--batch-size", "2", "--json")
     killer.join()
+    if errors:
+        raise errors[0]
     summary = summary_json(capsys.readouterr().out)
     assert killed, "the worker was never killed: the run finished too fast to test anything"
     assert code == EXIT_OK and (summary["ok"], summary["failed"]) == (count, 0)
