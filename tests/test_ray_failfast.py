@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.job.ray import RayOptions, StalledError, run_ray
+from pipeline.cli import main
+from pipeline.job.ray import RayOptions, run_ray
 from pipeline.spec import RunSpec
 
 ray = pytest.importorskip("ray")
@@ -64,8 +65,9 @@ def test_an_address_where_nothing_listens_is_a_usage_error_within_seconds(photos
     assert time.monotonic() - started < 30
 
 
-def test_a_run_that_makes_no_progress_ends_after_the_stall_timeout_with_its_record(photos, tmp_path):
-    """Every CPU is taken by another job's task: the actors wait, and the watchdog ends the run."""
+def test_a_run_that_makes_no_progress_ends_after_the_stall_timeout_with_its_record(photos, tmp_path, capsys):
+    """Every CPU is taken by another job's task: the actors wait, and the watchdog ends the run
+    (exit 5, saying what Ray waits for)."""
 
     @ray.remote(num_cpus=2)
     def hold(seconds):
@@ -75,9 +77,11 @@ def test_a_run_that_makes_no_progress_ends_after_the_stall_timeout_with_its_reco
     time.sleep(2)  # the holder runs
     try:
         started = time.monotonic()
-        with pytest.raises(StalledError, match="no image finished for 5 s"):
-            run_ray(spec(photos, tmp_path), RayOptions(workers=1, cpus_per_worker=1, stall_timeout=5))
+        code = main(["run", str(photos), str(tmp_path / "dst"), "--model", "bicubic", "--workers", "1",
+                     "--cpus-per-worker", "1", "--stall-timeout", "5", "--no-progress"])
         assert time.monotonic() - started < 60
+        err = capsys.readouterr().err
+        assert code == 5 and "no image finished for 5 s (--stall-timeout)" in err and "0 CPU" in err
     finally:
         ray.cancel(holder, force=True)
     (record,) = (tmp_path / "dst" / "_manifest" / "_runs").glob("*.json")

@@ -20,7 +20,7 @@ import os
 import select
 import sys
 
-EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_STORAGE = 0, 2, 3, 4
+EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_STORAGE, EXIT_STALLED = 0, 2, 3, 4, 5
 EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE (a literal: Windows has no signal.SIGPIPE)
 
 # The command modules import the exit codes above from here, so they come after them.
@@ -33,7 +33,7 @@ from pipeline.cli.options import (add_engine_options, add_executor_options, add_
 # `upscaler --help` lists the subcommands in this order.
 COMMANDS = (run, plan, calibrate, submit, report, runs, evaluate, rerun, demo, train, models)
 
-__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_SOME_FAILED", "EXIT_STORAGE", "EXIT_BROKEN_PIPE", "COMMANDS",
+__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_SOME_FAILED", "EXIT_STORAGE", "EXIT_STALLED", "EXIT_BROKEN_PIPE", "COMMANDS",
            "build_parser", "config_from_args", "main"]
 
 
@@ -115,6 +115,9 @@ def _failed(error: Exception, command: str) -> int:
               f"  Run the same command again (or `upscaler rerun DST`) to finish: what is done is skipped.",
               file=sys.stderr)
         return error.exit_status
+    if _raised(error, "pipeline.job.ray", "StalledError"):
+        print(f"upscaler {command}: error: {error}", file=sys.stderr)
+        return EXIT_STALLED
     from pipeline import store
 
     if store.is_transient(error):  # StorageUnavailable (retried, still failing), connection errors

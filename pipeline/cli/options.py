@@ -174,6 +174,9 @@ def add_executor_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-worker", type=float, default=None,
                    help="default: the CPUs but one shared among the workers, at least 0.25 each (Ray Data's own "
                         "tasks need a CPU left)")
+    g.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="Ray: end the run (rows written, exit 5) when no image has finished for this long, "
+                        "saying what Ray waits for; 0: wait forever (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=4,
                    help="images per batch: their tiles share forward passes (default: %(default)s)")
     add_storage_option(g)
@@ -349,8 +352,8 @@ def _summary(config, args) -> dict:
         return run_local(config, progress=args.progress)
     from pipeline.job.ray import RayOptions, run_ray
 
-    options = RayOptions(address=args.address, workers=args.workers,
-                         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker)
+    options = RayOptions(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                         gpus_per_worker=args.gpus_per_worker, stall_timeout=args.stall_timeout)
     return run_ray(config, options, progress=args.progress)
 
 
