@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _raised(error: BaseException, module: str, name: str) -> bool:
     """isinstance(error, module.name) without importing the module: an error of a
-    class whose module was never imported was not raised. (`pipeline.job.local`
-    imports torch; `upscaler runs` and `report` must not pay for it.)"""
+    class whose module was never imported was not raised (and `upscaler runs` or
+    `report` must not pay for importing the job, which brings torch)."""
     loaded = sys.modules.get(module)
     return loaded is not None and isinstance(error, getattr(loaded, name))
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 def _failed(error: Exception, command: str) -> int:
     """The exit status for what a command raised, after saying so on stderr; anything
     else (a bug) re-raises with its traceback. Call it from an `except` block."""
-    if _raised(error, "pipeline.job.local", "RunInterrupted"):
+    if _raised(error, "pipeline.job.sink", "RunInterrupted"):
         summary = error.summary
         print(f"upscaler {command}: interrupted ({error.signal_name}) after {summary['ok']} ok and "
               f"{summary['failed']} failed images; their rows are in {summary['manifest']}.\n"

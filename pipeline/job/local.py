@@ -10,50 +10,13 @@ exception that escapes (a bug of ours) leaves the same rows and record, marked w
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from pipeline.errors import one_line
 from pipeline.job.prepare import load_spec_model, prepare
 from pipeline.job.recovery import recover
-from pipeline.job.sink import RowSink
+from pipeline.job.sink import RowSink, RunInterrupted, recording  # noqa: F401  (RunInterrupted: callers catch it here)
 from pipeline.job.worker import Worker, build_upscaler
-
-
-class RunInterrupted(Exception):
-    """The run was stopped by a signal; its rows and record are written. `summary` is the run's summary."""
-
-    def __init__(self, signal_name: str, summary: dict):
-        super().__init__(f"interrupted by {signal_name}")
-        self.signal_name, self.summary = signal_name, summary
-
-    @property
-    def exit_status(self) -> int:
-        return 128 + (signal.SIGTERM if self.signal_name == "SIGTERM" else signal.SIGINT)
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
-
-
-@contextlib.contextmanager
-def sigterm_raises():
-    """SIGTERM interrupts the main thread as Ctrl-C does (only where a handler can be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_local(spec, *, progress: bool = False) -> dict:
@@ -65,22 +28,9 @@ def run_local(spec, *, progress: bool = False) -> dict:
     worker = Worker(spec, model, run_id=p.info.run_id, config_key=p.info.config_key, name="local-0",
                     upscaler=upscaler)
     sink = RowSink(p.info, "local-0", progress=progress)
-    interrupted = ""
-    with sigterm_raises():
-        try:
-            _loop(p.todo, worker, sink, spec.batch_images)
-        except KeyboardInterrupt:
-            interrupted = "SIGINT"
-        except _Terminated:
-            interrupted = "SIGTERM"
-        except Exception as error:  # our bug: the record says so, and `rerun` resumes the run
-            interrupted = f"error: {type(error).__name__}: {one_line(error)}"
-            raise
-        finally:
-            summary = sink.close(executor="local", engine=upscaler.info, interrupted=interrupted)
-    if interrupted:
-        raise RunInterrupted(interrupted, summary)
-    return summary
+    with recording(sink, executor="local", engine=upscaler.info) as outcome:
+        _loop(p.todo, worker, sink, spec.batch_images)
+    return outcome["summary"]
 
 
 def _loop(todo, worker: Worker, sink: RowSink, batch: int) -> None:

@@ -25,12 +25,10 @@ import pyarrow as pa
 
 from pipeline import store
 from pipeline.job import resume
-from pipeline.job.local import RunInterrupted, _Terminated, sigterm_raises
-from pipeline.errors import one_line
 from pipeline.job.prepare import load_spec_model, prepare
 from pipeline.job.recovery import recover, remove_if_empty
 from pipeline.store.manifest import to_table, ManifestRow
-from pipeline.job.sink import RowSink
+from pipeline.job.sink import RowSink, recording
 from pipeline.job.worker import Worker, build_upscaler
 from pipeline.stages.list import PlannedImage
 
@@ -187,43 +185,30 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
     # Ray 2.60 warns about map_batches(max_restarts=...); the pin in pyproject stays below its removal.
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
     plan_dir = f"{info.dst_root}/_plans/{info.run_id}"
-    interrupted = ""
-    with sigterm_raises():
-        try:
-            paths = write_plan(p.todo, info.dst_fs, plan_dir)
-            if paths:
-                dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(info.dst_fs)),
-                                                num_cpus=0.25)
-                results = dataset.map_batches(
-                    UpscaleWorker,
-                    fn_constructor_kwargs={"spec": spec, "run_id": info.run_id, "config_key": info.config_key,
-                                           "cpus": cpus_per},
-                    batch_size=spec.batch_images,
-                    batch_format="pyarrow",
-                    compute=ray.data.ActorPoolStrategy(size=workers),
-                    num_cpus=cpus_per,
-                    num_gpus=gpus_per,
-                    max_restarts=-1,
-                    max_task_retries=-1,
-                )
-                for result in _watched(results.iter_batches(batch_format="pyarrow", batch_size=None),
-                                       options.stall_timeout, ray):
-                    for row in result.to_pylist():
-                        sink.add(ManifestRow.from_dict(row))
-        except KeyboardInterrupt:
-            interrupted = "SIGINT"
-        except _Terminated:
-            interrupted = "SIGTERM"
-        except Exception as error:  # our bug: the record says so, and `rerun` resumes the run
-            interrupted = f"error: {type(error).__name__}: {one_line(error)}"
-            raise
-        finally:
-            _remove_plan(info.dst_fs, plan_dir, info.dst_root)
-            engine_record = {"workers": workers, "cpus_per_worker": cpus_per, "gpus_per_worker": gpus_per, **engine}
-            summary = sink.close(executor="ray", engine=engine_record, interrupted=interrupted)
-    if interrupted:
-        raise RunInterrupted(interrupted, summary)
-    return summary
+    engine_record = {"workers": workers, "cpus_per_worker": cpus_per, "gpus_per_worker": gpus_per, **engine}
+    with recording(sink, executor="ray", engine=engine_record,
+                   before_close=lambda: _remove_plan(info.dst_fs, plan_dir, info.dst_root)) as outcome:
+        paths = write_plan(p.todo, info.dst_fs, plan_dir)
+        if paths:
+            dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(info.dst_fs)),
+                                            num_cpus=0.25)
+            results = dataset.map_batches(
+                UpscaleWorker,
+                fn_constructor_kwargs={"spec": spec, "run_id": info.run_id, "config_key": info.config_key,
+                                       "cpus": cpus_per},
+                batch_size=spec.batch_images,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=cpus_per,
+                num_gpus=gpus_per,
+                max_restarts=-1,
+                max_task_retries=-1,
+            )
+            for result in _watched(results.iter_batches(batch_format="pyarrow", batch_size=None),
+                                   options.stall_timeout, ray):
+                for row in result.to_pylist():
+                    sink.add(ManifestRow.from_dict(row))
+    return outcome["summary"]
 
 
 def _watched(batches, stall_timeout: float, ray):

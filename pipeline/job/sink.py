@@ -1,22 +1,26 @@
 """Record: finished rows into the manifest, in parts, then the run record as the commit marker.
 
 Rows are flushed every `flush_every` rows and every `FLUSH_SECONDS`, and on every way
-out of a run (`close`, from a `finally`), so a killed or interrupted run redoes little.
+out of a run (`recording`: Ctrl-C, SIGTERM, an exception), so an interrupted run redoes little.
 When DST stays unreachable, manifest files go to the local spool (store/spool.py) and
 the next run or rerun uploads them first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline import __version__, store
+from pipeline.errors import one_line
 from pipeline.job.circuit import Circuit
 from pipeline.store.manifest import ManifestRow, to_table
 from pipeline.store import manifest, spool
@@ -160,3 +164,62 @@ def _versions() -> dict:
     return {"pipeline": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "pillow": PIL.__version__, "pyarrow": pyarrow.__version__, "fsspec": fsspec.__version__,
             "numpy": np.__version__}
+
+
+class RunInterrupted(Exception):
+    """The run was stopped by a signal; its rows and record are written. `summary` is the run's summary."""
+
+    def __init__(self, signal_name: str, summary: dict):
+        super().__init__(f"interrupted by {signal_name}")
+        self.signal_name, self.summary = signal_name, summary
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (signal.SIGTERM if self.signal_name == "SIGTERM" else signal.SIGINT)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """SIGTERM interrupts the main thread as Ctrl-C does (only where a handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def recording(sink: "RowSink", *, executor: str, engine: dict, before_close=None):
+    """Run a job's loop so that every way out of it writes the rows and the run record:
+    Ctrl-C and SIGTERM become `RunInterrupted` (the record says so), an exception of ours
+    propagates (the record names it: `rerun` resumes such runs). `outcome["summary"]`
+    holds the summary afterwards."""
+    outcome: dict = {}
+    interrupted = ""
+    with sigterm_raises():
+        try:
+            yield outcome
+        except KeyboardInterrupt:
+            interrupted = "SIGINT"
+        except _Terminated:
+            interrupted = "SIGTERM"
+        except Exception as error:
+            interrupted = f"error: {type(error).__name__}: {one_line(error)}"
+            raise
+        finally:
+            if before_close is not None:
+                before_close()
+            outcome["summary"] = sink.close(executor=executor, engine=engine, interrupted=interrupted)
+    if interrupted:
+        raise RunInterrupted(interrupted, outcome["summary"])
