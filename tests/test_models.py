@@ -387,6 +387,13 @@ def test_pickled_module_is_refused(tmp_path):
         read_state_dict(path)
 
 
+def test_a_torch_checkpoint_under_a_safetensors_name_still_loads(tmp_path):
+    """The bytes decide the reader, not the extension: a renamed .pth loads instead of failing as bad safetensors."""
+    sd = espcn_state_dict(2)
+    state_dict, _, _ = read_state_dict(save_pth(tmp_path / "renamed.safetensors", sd))
+    assert set(state_dict) == set(sd)
+
+
 # --- locations and round trips ---------------------------------------------
 
 def test_loads_from_memory_filesystem_with_sha256_of_the_bytes():
