@@ -40,6 +40,8 @@ an ImageEncodeError.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from PIL import Image
 
@@ -50,6 +52,7 @@ from pipeline.formats.base import (
 )
 from pipeline.errors import one_line_text
 from pipeline.formats.base import check_size as _check_size
+from pipeline.formats.geotiff import GDAL_METADATA
 from pipeline.formats.sniff import TIFF_MAGIC, not_an_image, png_bit_depth
 from pipeline.formats.sniff import sniff as _sniff  # `formats.sniff` stays the module
 from pipeline.formats.tiff import raster_tiff_options, tiff_layout, tiff_mode
@@ -138,17 +141,28 @@ def decode_image(
             raise type(exc)(one_line_text(str(exc), 1000)).with_traceback(exc.__traceback__) from exc.__cause__
         raise
     except Image.DecompressionBombError as exc:
-        if max_pixels is None:
-            limit = "Pillow's Image.MAX_IMAGE_PIXELS, which applies when max_pixels is None"
-        else:
-            limit = f"{max_pixels:,} pixels; raise it with --max-pixels if the image is expected"
-        raise ImageTooLargeError(f"{label}: image is over the limit of {limit} (Pillow: {exc})") from exc
+        raise ImageTooLargeError(f"{label}: {_bomb_message(exc, max_pixels)}") from exc
     except MemoryError:
         raise
     except Exception as exc:
         raise ImageDecodeError(f"{label}: {_describe_failure(fmt, exc)}") from exc
     _check_decoded(decoded, label)
     return decoded
+
+
+def _bomb_message(exc: Exception, max_pixels: int | None) -> str:
+    """One limit, the one in force: --max-pixels, or Pillow's own when max_pixels is None.
+    Pillow's text names twice its MAX_IMAGE_PIXELS (which bomb_limit sets to max_pixels),
+    so appending it would show the user a second figure they never set."""
+    text = str(exc)
+    size = re.search(r"Image size \((\d+) pixels\)", text)
+    what = f"{int(size.group(1)):,} pixels" if size else "image"
+    if max_pixels is not None:
+        return f"{what} is over the limit of {max_pixels:,}; raise it with --max-pixels if the image is expected"
+    limit = re.search(r"exceeds limit of (\d+) pixels", text)
+    figure = f" of {int(limit.group(1)):,}" if limit else ""
+    return (f"{what} is over Pillow's decompression-bomb limit{figure} (Image.MAX_IMAGE_PIXELS, "
+            "which applies when max_pixels is None)")
 
 
 def _check_decoded(decoded: DecodedImage, label: str) -> None:
@@ -222,9 +236,7 @@ def encode_image(
         except Exception as exc:
             raise ImageEncodeError(f"cannot write DICOM: {type(exc).__name__}: {one_line_text(str(exc), 300)}") from exc
     if like.raster is not None and fmt != "tiff":
-        what = "georeferencing, nodata and GDAL metadata" if like.raster.geo is not None else \
-            f"{pixels.shape[2]} {pixels.dtype} bands"
-        raise ImageEncodeError(f"only TIFF keeps this raster's {what}; use --format tiff")
+        raise ImageEncodeError(_raster_refusal(fmt, pixels, like.raster))
     _check_encodable(fmt, pixels)
     dpi = like.info.get("dpi")
     dpi = (dpi[0] * dpi_scale, dpi[1] * dpi_scale) if dpi else None
@@ -243,6 +255,33 @@ def encode_image(
         raise
     except Exception as exc:
         raise ImageEncodeError(f"cannot write {fmt.upper()}: {type(exc).__name__}: {one_line_text(str(exc), 300)}") from exc
+
+
+def _raster_refusal(fmt: str, pixels: np.ndarray, raster) -> str:
+    """Why a raster cannot be written as fmt, naming only what this raster has: a float
+    TIFF without geo tags must not be told about georeferencing it never had."""
+    geo = raster.geo
+    kept = [what for what, present in (
+        ("georeferencing", geo is not None and geo.georeferenced),
+        ("nodata value", raster.nodata is not None or (geo is not None and geo.nodata is not None)),
+        ("GDAL metadata", geo is not None and GDAL_METADATA in geo.tags),
+    ) if present]
+    dtype, bands = pixels.dtype.name, pixels.shape[2]
+    if dtype not in (("uint8", "uint16") if fmt == "png" else ("uint8",)):
+        why = "(it has no signed samples)" if dtype.startswith("int") else "without losing precision"
+        problem = f"{fmt.upper()} cannot store {dtype} pixels {why}"
+    elif bands > 4:
+        problem = f"{fmt.upper()} cannot store {bands} bands"
+    else:
+        problem = ""
+    if kept:
+        kept_text = ", ".join(kept[:-1]) + (" and " if len(kept) > 1 else "") + kept[-1]
+        if problem:
+            return f"{problem}, nor keep this raster's {kept_text}; use --format tiff"
+        return f"only TIFF keeps this raster's {kept_text}; use --format tiff"
+    if problem:
+        return f"{problem}; use --format tiff"
+    return f"only TIFF keeps this raster's {bands} {dtype} bands as they are; use --format tiff"
 
 
 def _check_encodable(fmt: str, pixels: np.ndarray) -> None:

@@ -56,17 +56,41 @@ def open_image(data: bytes, fmt: str, label: str, max_pixels: int | None) -> tup
     if fmt == "png":
         check_png_crcs(data, label)
     info: dict = {}
-    with bomb_limit(max_pixels):
-        im = Image.open(io.BytesIO(data), formats=[PILLOW_FORMATS[fmt]])
+    im = _open(data, fmt, label, max_pixels)
     check_size(*im.size, label, max_pixels)
     try:
         frames = getattr(im, "n_frames", 1)
     except Exception as exc:  # a damaged later frame must not cost the first one
         add_note(info, f"frames after the first not counted ({type(exc).__name__}: {exc})")
         frames = 1
-        with bomb_limit(max_pixels):
-            im = Image.open(io.BytesIO(data), formats=[PILLOW_FORMATS[fmt]])
+        im = _open(data, fmt, label, max_pixels)
     return im, frames if isinstance(frames, int) and frames > 0 else 1, info
+
+
+def _open(data: bytes, fmt: str, label: str, max_pixels: int | None) -> Image.Image:
+    """Image.open under bomb_limit. Pillow refuses outright at twice its limit, in
+    its own words and with that doubled figure; the header is then read again with
+    the guard off (only the header: nothing is decoded) so that check_size reports
+    it as every other oversized image, W x H against --max-pixels alone."""
+    try:
+        with bomb_limit(max_pixels):
+            return Image.open(io.BytesIO(data), formats=[PILLOW_FORMATS[fmt]])
+    except Image.DecompressionBombError:
+        if max_pixels is None:
+            raise
+        with _PILLOW_LIMIT_LOCK, WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                size = Image.open(io.BytesIO(data), formats=[PILLOW_FORMATS[fmt]]).size
+            except Exception:
+                size = None
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        if size is not None:
+            check_size(*size, label, max_pixels)
+        raise
 
 
 def exif_of(im: Image.Image, fmt: str) -> Exif:
