@@ -124,11 +124,23 @@ def command(src: str, dst: str, model: str, options: list[str], executor: str = 
             "--workers", "1", "--batch-size", "2", "--json", "--no-progress", *options]
 
 
-def actor_pids() -> list[int]:
+def actor_pids(driver_pid: int) -> list[int]:
+    """The UpscaleWorker actors of this benchmark's own run: descendants of its driver
+    (which starts its own local Ray), never another user's processes on the machine."""
     import psutil
 
-    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-            if "UpscaleWorker" in " ".join(p.info["cmdline"] or [])]
+    try:
+        children = psutil.Process(driver_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    pids = []
+    for child in children:
+        try:
+            if "UpscaleWorker" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.Error:
+            continue
+    return pids
 
 
 def audit(fs, dst: str, count: int) -> dict:
@@ -205,7 +217,7 @@ def main() -> None:
         while procs[0].poll() is None and time.time() < deadline:
             done = outputs_so_far(dst)
             if kills and done >= (args.images * (faults + 1)) // (kills + 2):
-                for pid in actor_pids()[:1]:
+                for pid in actor_pids(procs[0].pid)[:1]:
                     os.kill(pid, signal.SIGKILL)
                     faults += 1
                     kills -= 1

@@ -220,3 +220,10 @@ def test_client_errors_translated_by_s3fs_keep_their_meaning(code, kind, sleeps)
         store.with_retries(action, "writing bucket/dst/k.png")
     # an EINVAL from a bad request or an expired token is not the key's fault: not quarantined
     assert isinstance(raised.value, store.KeyRejectedError) is (kind == "key") and sleeps == []
+
+
+def test_missing_credentials_are_a_configuration_error_not_an_outage():
+    from botocore.exceptions import NoCredentialsError
+
+    error = NoCredentialsError()
+    assert store.is_permanent(error) and not store.is_transient(error)

@@ -88,6 +88,11 @@ _KEY_STATUSES = {414}
 _CLIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "s3fs", "gcsfs", "adlfs", "fsspec")
 
 
+# The clients' own "you have not configured me" errors (botocore, by class name: no import).
+_CONFIGURATION_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "NoRegionError",
+                                   "ProfileNotFound", "InvalidConfigError", "UnknownCredentialError"})
+
+
 def _from_client(error: BaseException) -> bool:
     return any(cls.__module__.split(".")[0] in _CLIENT_MODULES for cls in type(error).__mro__[:-1])
 
@@ -126,6 +131,8 @@ def _kind(error: BaseException) -> str:
         if code is not None:  # translated by s3fs: EINVAL also stands for a bad request or token
             return "key" if code in _KEY_CODES or error.errno == errno.ENAMETOOLONG else "permanent"
         return "key" if error.errno in _KEY_ERRNOS else "permanent"
+    if type(error).__name__ in _CONFIGURATION_ERRORS and _from_client(error):
+        return "permanent"  # configuration: retrying (or "once storage is back") cannot fix it
     code = _client_code(error)
     if code is not None:
         return "key" if code in _KEY_CODES else "permanent" if code in _PERMANENT_CODES else "transient"
