@@ -16,6 +16,11 @@ from pipeline.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_STORAGE
 # What `--format` takes, with the spellings other tools use (Real-ESRGAN's `--ext jpg`); each is
 # normalised here, at parse time, so the RunSpec (and its resume key) never sees the alias.
 FORMATS = ("png", "tiff", "jpeg", "webp")
+
+# Nothing to act on: `run --fail-on-empty` over a source with no images, `runs`/`rerun` on a
+# destination with no manifest. Not 0, so a scheduled job aimed at a mistyped or emptied
+# prefix turns red; not 2 (usage), since the command line itself was valid.
+EXIT_EMPTY = 6
 FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff", "auto": None}
 
 
@@ -326,6 +331,16 @@ def _split(url: str) -> tuple[str, str]:
 
 def _join(folder: str, name: str) -> str:
     return name if folder == "." else folder.rstrip("/") + "/" + name
+
+
+def no_manifest(command: str, dst: str, storage_options: dict) -> bool:
+    """Say so (one line on stderr) when nothing was ever run under DST; True then."""
+    from pipeline.ops.runs import has_manifest
+
+    if has_manifest(dst, storage_options):
+        return False
+    print(f"upscaler {command}: no manifest under {dst}: nothing was ever run there", file=sys.stderr)
+    return True
 
 
 def _print_plan(planned: dict, as_json: bool) -> None:

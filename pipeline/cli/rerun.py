@@ -6,11 +6,15 @@ import argparse
 import sys
 
 from pipeline.cli import EXIT_OK
-from pipeline.cli.options import _print_plan, _report, _summary, add_executor_options, add_price_option
+from pipeline.cli.options import (EXIT_EMPTY, _print_plan, _report, _summary, add_executor_options, add_price_option,
+                                  no_manifest)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    rerun = subparsers.add_parser("rerun", help="redo the images whose latest row failed or whose output vanished")
+    rerun = subparsers.add_parser(
+        "rerun", help="redo the images whose latest row failed or whose output vanished",
+        epilog="exit status: 0 all redone, or nothing to redo; 3 some images failed again; 4 storage unreachable; "
+               "6 no manifest under DST (nothing was ever run there: a mistyped DST, most likely)")
     rerun.add_argument("dst", help="the destination of the earlier runs")
     rerun.add_argument("--dry-run", action="store_true", help="the plan for what would be redone; runs nothing")
     add_price_option(rerun)
@@ -26,12 +30,19 @@ def command(args) -> int:
         from pipeline.job.recovery import recover
 
         recover(*store.open_location(args.dst, dict(args.storage_option)))
+    if no_manifest("rerun", args.dst, dict(args.storage_option)):
+        return EXIT_EMPTY
     groups = plan_rerun(args.dst, dict(args.storage_option))
+    if not groups:  # a success, not an error: every image's latest row is ok and its output is there
+        print("upscaler rerun: nothing to redo: every image's latest row is ok and its output exists", file=sys.stderr)
+        if not args.dry_run:
+            return EXIT_OK
     failed, missing = sum(g.failed for g in groups), sum(g.missing for g in groups)
     resumed = sum(g.interrupted for g in groups)
-    print(f"rerun: {failed + missing} images ({failed} failed, {missing} outputs missing) "
-          f"from {len(groups)} earlier run(s)" + (f"; {resumed} interrupted run(s) resumed" if resumed else ""),
-          file=sys.stderr)
+    if groups:
+        print(f"rerun: {failed + missing} images ({failed} failed, {missing} outputs missing) "
+              f"from {len(groups)} earlier run(s)" + (f"; {resumed} interrupted run(s) resumed" if resumed else ""),
+              file=sys.stderr)
     if args.dry_run:
         from pipeline.ops.plan import estimate
 

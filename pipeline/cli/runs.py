@@ -6,11 +6,13 @@ import argparse
 import json
 
 from pipeline.cli import EXIT_OK
-from pipeline.cli.options import add_price_option, add_storage_option
+from pipeline.cli.options import EXIT_EMPTY, add_price_option, add_storage_option, no_manifest
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    runs = subparsers.add_parser("runs", help="list the runs recorded under DST")
+    runs = subparsers.add_parser("runs", help="list the runs recorded under DST",
+                                 epilog="exit status: 0 listed; 6 no manifest under DST (nothing was ever run there: "
+                                        "a mistyped DST, most likely)")
     runs.add_argument("dst", help="the destination of the runs")
     add_price_option(runs)
     add_storage_option(runs)
@@ -21,6 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def command(args) -> int:
     from pipeline.ops.runs import list_runs
 
+    if no_manifest("runs", args.dst, dict(args.storage_option)):
+        return EXIT_EMPTY
     rows = list_runs(args.dst, dict(args.storage_option), gpu_hour_price=args.gpu_hour_price)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

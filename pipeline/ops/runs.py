@@ -13,6 +13,18 @@ from pipeline import store
 from pipeline.store import manifest
 
 
+def has_manifest(dst: str, storage_options: dict | None = None) -> bool:
+    """Whether any run ever recorded something under DST (rows or a run record): without
+    one, `runs` and `rerun` have nothing to read, and a mistyped DST must say so rather
+    than print an empty table."""
+    fs, root = store.open_location(dst, storage_options)
+    folder = manifest.manifest_dir(root)
+    try:
+        return fs.exists(folder) and any(p.endswith((".json", ".parquet")) for p in fs.find(folder))
+    except FileNotFoundError:
+        return False
+
+
 def list_runs(dst: str, storage_options: dict | None = None, *, gpu_hour_price: float | None = None) -> list[dict]:
     fs, root = store.open_location(dst, storage_options)
     runs_dir = posixpath.join(manifest.manifest_dir(root), "_runs")
