@@ -198,6 +198,9 @@ def test_demo_writes_samples_in_every_claimed_layout_and_upscales_them_all(tmp_p
     deep = formats.decode_image((tmp_path / "upscaled" / "16bit" / "rocket.tif").read_bytes())
     gray = formats.decode_image((tmp_path / "upscaled" / "gray" / "camera.png").read_bytes())
     assert alpha.pixels.shape[2] == 4 and deep.pixels.dtype == np.uint16 and gray.pixels.shape[2] == 1
+    assert main(["demo", str(tmp_path), "--executor", "local", "--json"]) == EXIT_OK  # again: resumes
+    again = json.loads(capsys.readouterr().out)
+    assert (again["ok"], again["skipped"]) == (0, 6)
 
 
 def test_without_model_or_scale_the_bundled_x4_model_upscales_by_four(tmp_path):

@@ -48,11 +48,14 @@ def sample_files(size: int = 160) -> dict[str, bytes]:
 
 
 def write_samples(url: str, size: int = 160, storage_options: dict | None = None) -> list[str]:
+    """Write the samples; a file already there with the same bytes is left alone, so a
+    second `upscaler demo` finds the same sources (same versions) and resumes."""
     fs, root = store.open_location(url, storage_options)
     written = []
     for key, data in sample_files(size).items():
         path = posixpath.join(root, key)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        fs.pipe_file(path, data)
+        if not (fs.exists(path) and fs.cat_file(path) == data):
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            fs.pipe_file(path, data)
         written.append(store.full_uri(fs, path))
     return written
