@@ -492,3 +492,24 @@ def test_the_time_limit_holds_for_a_streamed_image_and_an_interpolation_model(tm
     assert rows["big.tif"]["error_type"] == rows["small.png"]["error_type"] == "ImageTimeLimitError"
     assert rows["big.tif"]["error"].startswith("infer: ") and not (dst / "big.tif").exists()
     assert not list(dst.glob(".upscaler-stream-*"))  # the streamed temporary file is gone too
+
+
+# ------------------------------------------------- an output format that cannot hold the image
+
+
+def test_a_format_that_cannot_hold_the_image_is_refused_before_inference_and_never_quarantined(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    geotiff(src / "scene.tif")
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(src / "big.tif", rng.integers(0, 255, (120, 100, 3), dtype=np.uint8), photometric="rgb")
+    (src / "photo.png").write_bytes(png(1))
+    spec = dict(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2, format="jpeg",
+                stream_threshold=10_000)
+    for _ in range(3):  # a deterministic failure twice would quarantine a bad file; a setting is not one
+        summary = run_local(RunSpec(**spec))
+        assert (summary["ok"] + summary["skipped"], summary["failed"], summary["quarantined"]) == (1, 2, 0)
+    rows = [r for r in rows_of(tmp_path / "dst") if r["status"] == "failed"]
+    assert {r["error_type"] for r in rows} == {"OutputFormatError"}
+    assert all(r["error"].startswith("read: ") and r["seconds_infer"] is None for r in rows)
+    assert run_local(RunSpec(**{**spec, "format": "tiff"}))["ok"] == 3

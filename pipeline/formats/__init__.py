@@ -61,7 +61,8 @@ from pipeline.formats.tiff import tiff_dpi as _tiff_dpi
 __all__ = [
     "DEFAULT_MAX_PIXELS", "ORIENTATION", "TIFF_MAGIC", "DecodedImage", "ImageDecodeError", "ImageEncodeError",
     "ImageHeader", "ImageTooLargeError", "_check_size", "_tiff_dpi", "decode_image", "encode_image",
-    "output_format", "raster_tiff_options", "tiff_layout", "tiff_mode", "to_rgb8",
+    "output_format", "raster_tiff_options", "tiff_layout", "tiff_mode", "to_rgb8", "check_output",
+    "OutputFormatError",
 ]
 
 _EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "dicom": ".dcm"}
@@ -282,6 +283,28 @@ def _raster_refusal(fmt: str, pixels: np.ndarray, raster) -> str:
     if problem:
         return f"{problem}; use --format tiff"
     return f"only TIFF keeps this raster's {bands} {dtype} bands as they are; use --format tiff"
+
+
+class OutputFormatError(ImageEncodeError):
+    """The output format asked for cannot hold this image: a setting to change, not a bad
+    file (so never quarantined), and known from the decoded image before any inference."""
+
+
+def check_output(like: DecodedImage, requested: str | None) -> str:
+    """The format `like` will be written in, or OutputFormatError saying why it cannot be
+    (called before inference, so a refusal costs no model time)."""
+    try:
+        fmt = output_format(like.format, requested)[0]
+    except ValueError as exc:
+        raise OutputFormatError(str(exc)) from exc
+    try:
+        if like.raster is not None and fmt not in ("tiff", "dicom"):
+            raise ImageEncodeError(_raster_refusal(fmt, like.pixels, like.raster))
+        if fmt != "dicom":
+            _check_encodable(fmt, like.pixels)
+    except ImageEncodeError as exc:
+        raise OutputFormatError(str(exc)) from None
+    return fmt
 
 
 def _check_encodable(fmt: str, pixels: np.ndarray) -> None:

@@ -34,6 +34,10 @@ def read(work: ImageWork, spec, local_dir) -> ImageWork:
             job = stream.probe(work.source.uri, spec.storage_options, threshold=spec.stream_threshold,
                                name=work.source.uri)
             if job is not None:
+                if formats.output_format("tiff", spec.format)[0] != "tiff":
+                    h, w, _ = job.shape
+                    raise formats.OutputFormatError(f"{w} x {h} pixels stream into a tiled TIFF; --format "
+                                                    f"{spec.format} is not possible for it")
                 job.band_mode, job.radiometric, job.compress_level = spec.band_mode, spec.radiometric, \
                     spec.compress_level
                 job.local_dir = local_dir(work.planned.output_key)
@@ -55,6 +59,9 @@ def _decode(work: ImageWork, data: bytes, spec) -> None:
         for note in decoded.info.get("notes", ()):
             work.row.note(note)
         work.decoded = decoded
+    if work.alive:
+        with stage(work, "read"):  # a format that cannot hold the image: said before any model time
+            formats.check_output(decoded, spec.format)
     if not work.alive or (decoded.raster is None and decoded.dtype != np.uint16):
         return  # 8-bit and float photos: the engine's own mapping; 16-bit ones by their range (raster.py)
     with stage(work, "band plan"):
