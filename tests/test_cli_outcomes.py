@@ -69,3 +69,52 @@ def test_rerun_nothing_to_redo_exits_0(tmp_path, capsys):
     status, _, err = _run(capsys, "rerun", tmp_path / "dst", *RERUN)
     assert status == 0
     assert "nothing to redo" in err
+
+
+# 2. rerun: overrides, quarantine
+
+def test_rerun_overrides_recorded_settings_and_says_which(tmp_path, capsys):
+    _png(tmp_path / "src" / "a.png")
+    dst = tmp_path / "dst"
+    assert _run(capsys, "run", tmp_path / "src", dst, *BASE)[0] == 0
+    (dst / "a.png").unlink()  # the output vanished: rerun redoes it, as TIFF at x2 this time
+    status, out, err = _run(capsys, "rerun", dst, *RERUN, "--format", "tif", "--scale", "2", "--model", "bicubic",
+                            "--json")
+    assert status == 0, err
+    assert "rerun: --format tiff instead of the recorded auto (the input's)" in err
+    assert "rerun: --scale 2 instead of the recorded model's own" in err
+    assert "--model" not in err  # given, but the same as recorded: not a change
+    assert json.loads(out)["ok"] == 1
+    with Image.open(dst / "a.tif") as image:
+        assert image.size == (16, 16)
+
+
+def test_rerun_overrides_reach_the_spec(tmp_path, capsys):
+    from pipeline.ops.rerun import plan_rerun
+
+    _png(tmp_path / "src" / "a.png")
+    dst = tmp_path / "dst"
+    assert _run(capsys, "run", tmp_path / "src", dst, *BASE, "--format", "jpeg")[0] == 0
+    (dst / "a.jpg").unlink()
+    (group,) = plan_rerun(str(dst), overrides={"format": "png", "quality": 80, "precision": "fp32", "tile": 0})
+    assert (group.config.format, group.config.quality, group.config.precision, group.config.tile) == ("png", 80,
+                                                                                                       "fp32", 0)
+    assert group.changed["format"] == ("jpeg", "png") and group.config.force
+    with pytest.raises(ValueError, match="cannot override"):
+        plan_rerun(str(dst), overrides={"src": "elsewhere"})
+
+
+def test_rerun_keeps_quarantined_images_out_unless_asked(tmp_path, capsys):
+    _png(tmp_path / "src" / "a.png")
+    (tmp_path / "src" / "bad.png").write_bytes(b"not a png at all")
+    dst = tmp_path / "dst"
+    for _ in range(2):  # two deterministic failures on the same bytes: quarantined
+        assert _run(capsys, "run", tmp_path / "src", dst, *BASE)[0] == 3
+    status, _, err = _run(capsys, "rerun", dst, *RERUN, "--json")
+    assert status == 0, err
+    assert "nothing to redo: 1 quarantined image(s) left out" in err
+    status, out, err = _run(capsys, "rerun", dst, *RERUN, "--json", "--include-quarantined")
+    assert status == 3 and json.loads(out)["failed"] == 1
+    (tmp_path / "src" / "bad.png").write_bytes(b"other bytes, still no png")  # changed: tried again
+    status, out, err = _run(capsys, "rerun", dst, *RERUN, "--json")
+    assert status == 3 and json.loads(out)["failed"] == 1 and "quarantined" not in err

@@ -149,24 +149,46 @@ def add_storage_option(p: argparse.ArgumentParser | argparse._ArgumentGroup, **e
                    **extra)
 
 
-def add_engine_options(p: argparse.ArgumentParser, scale: bool = True) -> None:
-    """Model and inference options; the short aliases are Real-ESRGAN's (`-n`, `-s`, `-t`, `--fp32`)."""
+def add_engine_options(p: argparse.ArgumentParser, scale: bool = True, *, override: bool = False) -> None:
+    """Model and inference options; the short aliases are Real-ESRGAN's (`-n`, `-s`, `-t`, `--fp32`).
+    `override` (rerun): no defaults, so an option not given is absent and the recorded value holds."""
     g = p.add_argument_group("engine")
-    g.add_argument("-m", "-n", "--model", default=None,
-                   help="named model, local path or fsspec URL (default: the bundled model for the "
-                        "scale: edsr-x4, or edsr-x2 up to x2; bicubic at x1 or below)")
+    d, h = _override_defaults(override)
+    g.add_argument("-m", "-n", "--model", default=d(None),
+                   help=h("named model, local path or fsspec URL (default: the bundled model for the "
+                          "scale: edsr-x4, or edsr-x2 up to x2; bicubic at x1 or below)"))
     if scale:
-        g.add_argument("-s", "--scale", type=_positive_scale, default=None,
-                       help="output scale; may differ from the model's (x3 from x4, x8 in two passes, 2.5) "
-                            "(default: the model's own, x4 without --model)")
-    g.add_argument("-t", "--tile", type=int, default=None,
-                   help="tile size in input pixels; 0 = whole image (default: from the memory budget)")
-    g.add_argument("--overlap", type=int, default=None, help="tile overlap in input pixels (default: the model's)")
-    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="default: auto (fp32 on CPU; on CUDA bf16 where the card and model support it, else fp16)")
-    g.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
-    g.add_argument("--device", default="auto",
-                   help="auto, cpu, cuda, cuda:1 ... (default: auto, the first CUDA GPU if there is one, else the CPU)")
+        g.add_argument("-s", "--scale", type=_positive_scale, default=d(None),
+                       help=h("output scale; may differ from the model's (x3 from x4, x8 in two passes, 2.5) "
+                              "(default: the model's own, x4 without --model)"))
+    g.add_argument("-t", "--tile", type=int, default=d(None),
+                   help=h("tile size in input pixels; 0 = whole image (default: from the memory budget)"))
+    g.add_argument("--overlap", type=int, default=d(None),
+                   help=h("tile overlap in input pixels (default: the model's)"))
+    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default=d("auto"),
+                   help=h("floating-point precision; default: auto (fp32 on CPU; on CUDA bf16 where the card and model support it, else fp16)"))
+    g.add_argument("--fp32", dest="precision", action="store_const", const="fp32", default=d(None),
+                   help="same as --precision fp32")
+    g.add_argument("--device", default=d("auto"),
+                   help=h("auto, cpu, cuda, cuda:1 ... (default: auto, the first CUDA GPU if there is one, else the CPU)"))
+
+
+def add_output_options(p: argparse.ArgumentParser, *, override: bool = False) -> None:
+    """--format/--ext and --quality (`run`, `plan`; `rerun` with `override`, as in add_engine_options)."""
+    d, h = _override_defaults(override)
+    p.add_argument("--format", "--ext", type=_output_format, default=d(None), metavar="{png,tiff,jpeg,webp}",
+                   help=h("output format; also tif, jpg, and auto (default: auto, the input's; GIF becomes PNG)"))
+    p.add_argument("--quality", type=int, default=d(95),
+                   help=h("JPEG/WebP quality, WebP 100 = lossless (default: %(default)s)"))
+
+
+def _override_defaults(override: bool):
+    """(default, help) rewriters: as given, or, for `rerun`, SUPPRESS (the option is absent
+    unless given) and a help text whose default is the earlier run's."""
+    if not override:
+        return (lambda value: value), (lambda text: text)
+    return (lambda value: argparse.SUPPRESS), (lambda text: re.sub(r"\(?default: .*$", "", text).rstrip(" ;")
+                                               + " (default: as the earlier run recorded)")
 
 
 def add_executor_options(p: argparse.ArgumentParser) -> None:
@@ -201,13 +223,10 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("dst", help="destination prefix (fsspec URL or path); for a single-file SRC, a file name with "
                                  "an image extension: SRC's name with that extension (photo.jpg -> out/photo.png)")
     add_engine_options(run)
-    run.add_argument("--format", "--ext", type=_output_format, default=None, metavar="{png,tiff,jpeg,webp}",
-                     help="output format; also tif, jpg, and auto (default: auto, the input's; GIF becomes PNG)")
+    add_output_options(run)
     run.add_argument("--keep-extension", action="store_true",
                      help="name outputs after the whole source name (photo.gif -> photo.gif.png), so sources of one "
                           "stem never share an output (without it, such sources are refused, each naming the other)")
-    run.add_argument("--quality", type=int, default=95,
-                     help="JPEG/WebP quality, WebP 100 = lossless (default: %(default)s)")
     run.add_argument("--compress-level", type=int, choices=range(10), default=1, metavar="0-9",
                      help="zlib level for PNG and TIFF (default 1: fast; 6 is about 10%% smaller and 4x slower)")
     run.add_argument("--reference", default=None,

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from pipeline.cli import EXIT_OK
-from pipeline.cli.options import (EXIT_EMPTY, _print_plan, _report, _summary, add_executor_options, add_price_option,
-                                  no_manifest)
+from pipeline.cli.options import (EXIT_EMPTY, _print_plan, _report, _summary, add_engine_options, add_executor_options,
+                                  add_output_options, add_price_option, no_manifest)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -17,13 +17,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                "6 no manifest under DST (nothing was ever run there: a mistyped DST, most likely)")
     rerun.add_argument("dst", help="the destination of the earlier runs")
     rerun.add_argument("--dry-run", action="store_true", help="the plan for what would be redone; runs nothing")
+    add_engine_options(rerun, override=True)
+    add_output_options(rerun, override=True)
+    rerun.add_argument("--include-quarantined", action="store_true",
+                       help="also redo images that failed the same deterministic way in earlier runs (default: "
+                            "left out, as `run` leaves them out)")
     add_price_option(rerun)
     add_executor_options(rerun)
     return rerun
 
 
 def command(args) -> int:
-    from pipeline.ops.rerun import plan_rerun
+    from pipeline.ops.rerun import OVERRIDABLE, plan_rerun, quarantined_total
 
     if not args.dry_run:  # rows an earlier run spooled while storage was down count too
         from pipeline import store
@@ -32,11 +37,20 @@ def command(args) -> int:
         recover(*store.open_location(args.dst, dict(args.storage_option)))
     if no_manifest("rerun", args.dst, dict(args.storage_option)):
         return EXIT_EMPTY
-    groups = plan_rerun(args.dst, dict(args.storage_option))
-    if not groups:  # a success, not an error: every image's latest row is ok and its output is there
-        print("upscaler rerun: nothing to redo: every image's latest row is ok and its output exists", file=sys.stderr)
+    overrides = {name: getattr(args, name) for name in OVERRIDABLE if hasattr(args, name)}  # given ones only
+    groups = plan_rerun(args.dst, dict(args.storage_option), overrides, include_quarantined=args.include_quarantined)
+    _say_changed(groups)
+    held = 0 if args.include_quarantined else quarantined_total(args.dst, dict(args.storage_option))
+    left_out = (f"{held} quarantined image(s) left out (failed the same deterministic way repeatedly on unchanged "
+                f"bytes); --include-quarantined redoes them")
+    if not groups:  # a success, not an error: nothing failed or vanished (or only quarantined images did)
+        print("upscaler rerun: nothing to redo" + (f": {left_out}" if held else
+                                                   ": every image's latest row is ok and its output exists"),
+              file=sys.stderr)
         if not args.dry_run:
             return EXIT_OK
+    elif held:
+        print(f"rerun: {left_out}", file=sys.stderr)
     failed, missing = sum(g.failed for g in groups), sum(g.missing for g in groups)
     resumed = sum(g.interrupted for g in groups)
     if groups:
@@ -67,5 +81,24 @@ def command(args) -> int:
         total["manifest"] = s["manifest"]
         if s.get("storage_error"):
             total.update(storage_error=s["storage_error"], spooled=s["spooled"])
-    total.update(rerun_failed=failed, rerun_missing=missing)
+    total.update(rerun_failed=failed, rerun_missing=missing, rerun_quarantined=held)
     return _report(total, args)
+
+
+def _say_changed(groups) -> None:
+    """One line per override that differs from what an earlier run recorded, so a rerun
+    that no longer reproduces the recorded settings says so."""
+    said = set()
+    for group in groups:
+        for name, (recorded, now) in group.changed.items():
+            line = f"rerun: --{name} {_shown(name, now)} instead of the recorded {_shown(name, recorded)}"
+            if line not in said:
+                said.add(line)
+                print(line, file=sys.stderr)
+
+
+def _shown(name: str, value) -> str:
+    if value is None:
+        return {"format": "auto (the input's)", "tile": "auto", "overlap": "the model's", "scale": "model's own"}.get(
+            name, "default")
+    return f"{value:g}" if isinstance(value, float) else str(value)
