@@ -118,3 +118,34 @@ def test_rerun_keeps_quarantined_images_out_unless_asked(tmp_path, capsys):
     (tmp_path / "src" / "bad.png").write_bytes(b"other bytes, still no png")  # changed: tried again
     status, out, err = _run(capsys, "rerun", dst, *RERUN, "--json")
     assert status == 3 and json.loads(out)["failed"] == 1 and "quarantined" not in err
+
+
+# 3. the progress bar
+
+def test_progress_bar_shows_total_eta_rates_and_failures():
+    import io
+    from types import SimpleNamespace
+
+    from pipeline.job.sink import _progress_bar
+
+    stream = io.StringIO()
+    update = _progress_bar(True, 3, file=stream)
+    for failed in (0, 0, 1):
+        update(SimpleNamespace(out_width=1000, out_height=1000), failed)
+    update.close()
+    text = stream.getvalue()
+    assert "3/3" in text and "img/s" in text and "Mpx/s out" in text and "1 failed" in text
+    assert "<00:00" in text  # the ETA, known from the total
+    off = _progress_bar(False, 3)
+    off(None, 0)
+    off.close()
+
+
+def test_run_with_progress_counts_to_the_number_of_images_to_do(tmp_path):
+    for index in range(3):
+        _png(tmp_path / "src" / f"{index}.png", seed=index)
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", tmp_path / "src", tmp_path / "dst",
+                           "--model", "bicubic", "--executor", "local", "--progress"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "3/3" in done.stderr and "img/s" in done.stderr and "0 failed" in done.stderr

@@ -27,7 +27,7 @@ def run_local(spec, *, progress: bool = False) -> dict:
     recover(p.info.dst_fs, p.info.dst_root)
     worker = Worker(spec, model, run_id=p.info.run_id, config_key=p.info.config_key, name="local-0",
                     upscaler=upscaler)
-    sink = RowSink(p.info, "local-0", progress=progress)
+    sink = RowSink(p.info, "local-0", progress=progress, total=len(p.todo))
     with recording(sink, executor="local", engine=upscaler.info) as outcome:
         _loop(p.todo, worker, sink, spec.batch_images)
     return outcome["summary"]

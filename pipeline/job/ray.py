@@ -177,7 +177,7 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
     p = prepare(spec, load_spec_model(spec), engine)
     info = p.info
     recover(info.dst_fs, info.dst_root)
-    sink = RowSink(info, "driver", progress=progress)
+    sink = RowSink(info, "driver", progress=progress, total=len(p.todo))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts images, not blocks
     context.print_on_execution_start = False

@@ -48,7 +48,8 @@ class RunInfo:
 
 
 class RowSink:
-    def __init__(self, info: RunInfo, worker: str, *, flush_every: int = 1000, progress: bool = False):
+    def __init__(self, info: RunInfo, worker: str, *, flush_every: int = 1000, progress: bool = False,
+                 total: int | None = None):
         self.info, self.worker, self.flush_every = info, worker, flush_every
         self.pending: list[ManifestRow] = []
         self.parts = 0
@@ -57,7 +58,7 @@ class RowSink:
         self.megapixels = [0.0, 0.0]
         self.device_seconds = 0.0
         self.failures: list[dict] = []
-        self.bar = _progress_bar(progress)
+        self.bar = _progress_bar(progress, total)
         self.circuit = Circuit(info.spec.storage_failures)
         self.spooled: list[str] = []  # manifest files kept locally: DST was unreachable
         self.storage_error = ""
@@ -97,6 +98,7 @@ class RowSink:
 
     def close(self, *, executor: str, engine: dict, interrupted: str = "", extra: dict | None = None) -> dict:
         """Flush the last rows, then write the run record; return the summary."""
+        self.bar.close()  # its last state drawn (n/total), the line ended before the summary
         self.flush()
         info, finished_at = self.info, now()
         summary = {
@@ -137,21 +139,31 @@ class RowSink:
         return summary
 
 
-def _progress_bar(enabled: bool):
-    """A live bar: images done, output megapixels/s, failures."""
+def _progress_bar(enabled: bool, total: int | None = None, *, file=None):
+    """A live bar on stderr: images done of `total` (the to-do list, known once planned:
+    skipped and quarantined images are not in it), the ETA, images/s, output Mpx/s and
+    failures, so a long run says when it ends and whether it is going wrong. The rates are
+    over the whole run (tqdm's own rate flips to s/img below 1 img/s, and is smoothed).
+    Returns `update(row, failed)`, with `update.close()` to draw the final state."""
     if not enabled:
-        return lambda row, failed: None
+        update = lambda row, failed: None  # noqa: E731
+        update.close = lambda: None
+        return update
     from tqdm import tqdm
 
-    bar = tqdm(unit="img", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="img", file=file or sys.stderr, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+               if total else "{n_fmt} img [{elapsed}{postfix}]")
     started, out_mp = time.perf_counter(), [0.0]
 
     def update(row, failed):
         out_mp[0] += (row.out_width or 0) * (row.out_height or 0) / 1e6
-        bar.set_postfix({"Mpx/s": f"{out_mp[0] / max(1e-9, time.perf_counter() - started):.2f}", "failed": failed},
-                        refresh=False)
+        elapsed = max(1e-9, time.perf_counter() - started)
+        bar.set_postfix_str(f"{(bar.n + 1) / elapsed:.2f} img/s, {out_mp[0] / elapsed:.2f} Mpx/s out, "
+                            f"{failed} failed", refresh=False)
         bar.update(1)
 
+    update.close = bar.close
     return update
 
 
