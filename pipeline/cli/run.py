@@ -54,6 +54,9 @@ def _no_images(config) -> bool:
 
     if next(iter(list_sources(config)), None) is not None:
         return False
+    from pipeline.job.prepare import load_spec_model
+
+    load_spec_model(config)  # an unknown or unreadable model is still a usage error (exit 2), images or not
     where = (f"in the list {config.from_list}" if config.from_list
              else f"under {config.src} (after --include/--exclude)")
     print(f"upscaler run: no images {where}; nothing was written", file=sys.stderr)
