@@ -75,11 +75,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
         raise ValueError("Ray is not installed: pip install 'pipeline[ray]', or use --executor local") from error
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # the console is for our progress
         if address:
             check_address(address)
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
     return ray
 
 
