@@ -3,7 +3,9 @@
 Exit codes: 0 all succeeded; 3 some images failed; 2 usage error (bad arguments,
 missing source, unloadable model) or a storage error that retrying cannot fix
 (name too long, not a directory, access refused); 4 storage unreachable (still
-failing after the retries: run the same command again later); 130/143 stopped by
+failing after the retries: run the same command again later); 5 a Ray run made no
+progress for --stall-timeout; 6 nothing to act on (`run --fail-on-empty` over an
+empty source, `runs`/`rerun` without a manifest); 130/143 stopped by
 Ctrl-C/SIGTERM (what is done is recorded); 141 (128 + SIGPIPE, as a command the
 signal ends) when stdout is closed early, e.g. `upscaler plan ... --json | head`.
 
