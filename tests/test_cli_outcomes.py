@@ -149,3 +149,25 @@ def test_run_with_progress_counts_to_the_number_of_images_to_do(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "3/3" in done.stderr and "img/s" in done.stderr and "0 failed" in done.stderr
+
+
+def test_submit_to_an_address_where_no_job_server_answers_is_one_line_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", "--address", "http://127.0.0.1:1", "--",
+                           str(tmp_path), str(tmp_path / "out"), "--model", "bicubic"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "no Ray job server answers there" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_device_cuda_without_a_gpu_is_one_line_exit_2(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    (tmp_path / "src").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "src" / "a.png")
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "src"), str(tmp_path / "dst"),
+                           "--model", "bicubic", "--device", "cuda", "--executor", "local"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "cuda" in done.stderr

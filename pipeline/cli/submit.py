@@ -33,7 +33,12 @@ def command(args) -> int:
                              "anyone who can list jobs: give it to the cluster's environment instead")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(args.address)
+    try:
+        client = JobSubmissionClient(args.address)
+    except (ConnectionError, RuntimeError, ValueError) as error:  # Ray's wording: "Failed to connect to Ray at ..."
+        raise ValueError(f"--address {args.address}: no Ray job server answers there "
+                         f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); give the cluster's "
+                         "dashboard address, e.g. http://HEAD:8265") from None
     runtime_env = {"working_dir": args.working_dir,
                    "excludes": [".venv", ".git", "*.egg-info", "__pycache__", "upscaler-demo"]}
     job_id = client.submit_job(entrypoint="python jobs/upscale.py " + shlex.join(run_args), runtime_env=runtime_env)
