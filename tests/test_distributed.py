@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from pipeline import formats

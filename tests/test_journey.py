@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 from pipeline import formats, raster, store

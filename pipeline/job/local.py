@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from pipeline.job.prepare import load_spec_model, prepare
 from pipeline.job.recovery import recover
-from pipeline.job.sink import RowSink, RunInterrupted, recording  # noqa: F401  (RunInterrupted: callers catch it here)
+from pipeline.job.sink import RowSink, RunInterrupted, recording  # noqa: F401  (callers catch RunInterrupted here)
 from pipeline.job.worker import Worker, build_upscaler
 
 

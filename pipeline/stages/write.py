@@ -70,7 +70,7 @@ def _write_stream(work: ImageWork, spec, dst_fs, dst_root: str) -> None:
 def _move_into_place(dst_fs, path: str, job) -> None:
     """The streamed file under its final name, appearing only when complete: a rename
     on a local destination, one upload (a PUT or multipart upload) otherwise."""
-    if "file" in store._protocols(dst_fs) and job.local_dir is not None:
+    if store.is_local(dst_fs) and job.local_dir is not None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.replace(job.tmp_path, path)
         job.tmp_path = None
@@ -82,7 +82,7 @@ def local_output_dir(spec, key: str) -> str | None:
     """Where a streamed output is written first: the destination folder when the
     destination is local (so a rename finishes it), else the temporary directory."""
     fs, root = store.open_location(spec.dst, spec.storage_options)
-    if "file" not in store._protocols(fs) or not key:
+    if not store.is_local(fs) or not key:
         return None
     folder = posixpath.dirname(posixpath.join(root, key))
     os.makedirs(folder, exist_ok=True)

@@ -3,7 +3,7 @@
 The code lives in small modules; this package re-exports all of it, so callers
 keep writing `from pipeline import store; store.open_location(...)`:
 
-- fs: open_location, full_uri, list_sources, read_bytes, write_atomic, source_version, Source
+- fs: open_location, full_uri, is_local, list_sources, read_bytes, write_atomic, source_version, Source
 - keys: safe_key, output_key, collision_key, is_case_insensitive, relation, new_run_id, UnsafeKeyError
 - retry: with_retries, is_transient (is_storage_error), is_permanent, StorageUnavailable,
   PermanentStorageError, KeyRejectedError, QUARANTINABLE, one_line
@@ -16,18 +16,17 @@ read from, `pipeline.store.retry`: set it there (tests of an outage shorten it).
 
 from __future__ import annotations
 
-from pipeline.store import retry
-from pipeline.store.fs import (IMAGE_EXTENSIONS, RESERVED_PREFIXES, Source, _protocols, _wanted, _write_atomic,
-                               full_uri, list_sources, open_location, read_bytes, source_version, write_atomic)
+from pipeline.store.fs import (IMAGE_EXTENSIONS, RESERVED_PREFIXES, Source, full_uri, is_local, list_sources,
+                               open_location, read_bytes, source_version, write_atomic)
 from pipeline.store.keys import (UnsafeKeyError, collision_key, is_case_insensitive, new_run_id, output_key,
                                  relation, safe_key)
 from pipeline.store.options import parse_key_value
-from pipeline.store.retry import (_CLIENT_MODULES, PERMANENT_ERRORS, QUARANTINABLE, KeyRejectedError,
+from pipeline.store.retry import (PERMANENT_ERRORS, QUARANTINABLE, KeyRejectedError,
                                   PermanentStorageError, StorageUnavailable, is_permanent, is_storage_error,
-                                  is_transient, log, one_line, with_retries)
+                                  is_transient, one_line, with_retries)
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "RESERVED_PREFIXES", "Source", "full_uri", "list_sources", "open_location", "read_bytes",
+    "IMAGE_EXTENSIONS", "RESERVED_PREFIXES", "Source", "full_uri", "is_local", "list_sources", "open_location", "read_bytes",
     "source_version", "write_atomic",
     "UnsafeKeyError", "collision_key", "is_case_insensitive", "new_run_id", "output_key", "relation", "safe_key",
     "parse_key_value",

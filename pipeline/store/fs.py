@@ -56,7 +56,8 @@ def _protocols(fs) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
-def _is_local(fs) -> bool:
+def is_local(fs) -> bool:
+    """A local filesystem: where a rename makes a file appear atomically."""
     return "file" in _protocols(fs)
 
 
@@ -76,7 +77,7 @@ def _relative_prefix(fs, root: str, path: str) -> str | None:
     """`path` as a key prefix relative to `root` ('' when it is root itself), or None
     when it is not under root. Local paths compare with symlinks resolved."""
     path = fs._strip_protocol(path).rstrip("/") or "/"
-    if _is_local(fs):
+    if is_local(fs):
         for resolve in (os.path.abspath, os.path.realpath):  # as spelled, then with symlinks resolved
             relative = os.path.relpath(resolve(path), resolve(root or "/")).replace(os.sep, "/")
             if relative == ".":
@@ -152,7 +153,7 @@ def write_atomic(fs, path: str, data: bytes) -> None:
 
 
 def _write_atomic(fs, path: str, data: bytes) -> None:
-    if _is_local(fs):
+    if is_local(fs):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         # The temporary name carries at most 100 bytes of the final one, so a name

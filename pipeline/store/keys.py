@@ -16,7 +16,7 @@ import unicodedata
 import uuid
 from typing import Literal
 
-from pipeline.store.fs import _is_local, _protocols, open_location
+from pipeline.store.fs import _protocols, is_local, open_location
 
 Relation = Literal["same", "dst_inside_src", "src_inside_dst"]
 
@@ -68,7 +68,7 @@ def is_case_insensitive(fs, root: str) -> bool:
     Locally: the nearest existing ancestor of root, then its ancestors on the same
     filesystem, then its entries, are looked up in their ASCII case-swapped spelling;
     the same inode means case-insensitive. Nothing case-swappable: False."""
-    if not _is_local(fs):
+    if not is_local(fs):
         return False
     path = os.path.abspath(root or os.sep)
     while not os.path.lexists(path):  # root may not exist yet: probe where it will be created
@@ -131,7 +131,7 @@ def _swapped_is_same(path: str) -> bool | None:
 
 
 def _normalised(fs, root: str) -> str:
-    if _is_local(fs):
+    if is_local(fs):
         path = os.path.realpath(root or os.sep)
         return path.casefold() if is_case_insensitive(fs, path) else path
     return root.rstrip("/")
