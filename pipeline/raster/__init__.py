@@ -4,7 +4,7 @@ An SR model takes one RGB image (or one gray plane) in [0, 1]. A raster may have
 number of bands, 16-bit or signed samples, float values, nodata, an alpha band, or
 (DICOM) stored values that mean something only through a modality LUT. A `BandPlan`
 decides, once per image, how each band is fed to the model and mapped back; both the
-in-memory path (runner) and the streaming path (streaming.py, one window at a time)
+in-memory path (stages/read.py, stages/infer.py) and the streaming path (stages/stream.py, one window at a time)
 apply the same plan, so a streamed image and an in-memory one agree.
 
 Band modes (``--band-mode``):

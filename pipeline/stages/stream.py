@@ -1,15 +1,16 @@
 """Gigapixel TIFFs, window by window: memory bound by the window and the model, not the image.
 
 A TIFF (tiled or stripped; GeoTIFF or photo) with more than ``--stream-threshold``
-pixels (default 4096 x 4096) is never decoded whole. `probe` reads its header only; `run`
-then
+pixels (default 4096 x 4096) is never decoded whole: the streaming strategy of the read,
+infer and write stages. `probe` (read stage) reads its header only (formats/windows.py);
+`run` (infer stage) then
 
 1. takes the band statistics in one pass over the file's segments when the radiometric
    scaling needs them (``minmax``; see raster.py), decoding one strip or tile at a time;
 2. walks the output in rows of TIFF tiles of about 1024 x 1024 pixels; each window is
    one tile high and a tile or two wide (about 512 input pixels), read from the input
-   with a margin of half the model's overlap on every side (`WindowReader`: the strips or
-   tiles it needs, decoded once and kept in an LRU cache of fixed size);
+   with a margin of half the model's overlap on every side (`formats.windows.WindowReader`:
+   the tiles or strip rows it needs, decoded once and kept in an LRU cache of fixed size);
 3. upscales the window with the same engine and the same `BandPlan` as the in-memory
    path: inside the window the engine tiles and blends with tiling.py's window as
    always; the window's margin is then cropped. The margin is half the overlap the
@@ -19,8 +20,8 @@ then
    too (tested against the in-memory path);
 4. yields the window's output tiles, in order, to tifffile, which compresses and writes
    them to a tiled TIFF (BigTIFF when the raw output exceeds 2 GiB) in a local temporary
-   file: in the destination folder when that is local (then renamed over the final name),
-   otherwise in the temporary directory (then uploaded in one PUT / multipart upload).
+   file: in the destination folder when that is local, otherwise in the temporary
+   directory; the write stage renames it over the final name, or uploads it in one PUT.
 
 Peak memory is the window (input, model inputs, engine activations and stitcher at the
 output resolution), the segment cache (`CACHE_BYTES`) and tifffile's write buffer,

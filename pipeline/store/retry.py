@@ -3,7 +3,7 @@
 Retrying only helps when the store itself is unwell (network, timeouts, 5xx,
 throttling). A name that is too long, a refused permission or a read-only
 filesystem fails the same way on every attempt: retrying it wastes a minute per
-image and, worse, made the runner's circuit believe storage was down.
+image and, worse, made the job's circuit believe storage was down.
 
 The retry schedule lives here as module attributes (RETRY_ATTEMPTS,
 RETRY_FIRST_DELAY, RETRY_SECONDS) and `with_retries` reads them, and `time`,
@@ -34,7 +34,7 @@ RETRY_ATTEMPTS, RETRY_FIRST_DELAY, RETRY_SECONDS = 6, 0.25, 60.0
 
 class StorageUnavailable(OSError):
     """Storage still failing after every retry. Rows record it as the error type;
-    after a few in a row the runner stops trying (runner.Circuit). Only transient
+    after a few in a row the job stops trying (job/circuit.py). Only transient
     failures produce it."""
 
 
@@ -148,7 +148,7 @@ def is_transient(error: BaseException) -> bool:
     return _kind(error) == "transient"
 
 
-# The runner and CLI call it this; the circuit opens only on StorageUnavailable,
+# The job and CLI call it this; the circuit opens only on StorageUnavailable,
 # which only transient failures produce.
 is_storage_error = is_transient
 
