@@ -1,4 +1,4 @@
-"""Specification of the MATLAB-compatible resize (pipeline.resize)."""
+"""Specification of the MATLAB-compatible resize (pipeline.inference.resize)."""
 
 from __future__ import annotations
 

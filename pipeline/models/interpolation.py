@@ -1,6 +1,6 @@
 """Bicubic and Lanczos upscaling as parameter-free models: the baselines every
 SR result is compared against, and a fallback that needs no weights. They
-use the MATLAB-compatible `pipeline.resize`, as SR benchmarks do."""
+use the MATLAB-compatible `pipeline.inference.resize`, as SR benchmarks do."""
 
 from __future__ import annotations
 
