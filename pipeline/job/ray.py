@@ -14,10 +14,13 @@ twice at most, recorded once.
 
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import logging
 import os
 import socket
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -205,46 +208,48 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
                 max_restarts=-1,
                 max_task_retries=-1,
             )
-            for result in _watched(results.iter_batches(batch_format="pyarrow", batch_size=None),
-                                   options.stall_timeout, ray):
-                for row in result.to_pylist():
-                    sink.add(ManifestRow.from_dict(row))
+            with _Watchdog(options.stall_timeout, ray) as watchdog:
+                for result in results.iter_batches(batch_format="pyarrow", batch_size=None):
+                    watchdog.beat()
+                    for row in result.to_pylist():
+                        sink.add(ManifestRow.from_dict(row))
     return outcome["summary"]
 
 
-def _watched(batches, stall_timeout: float, ray):
-    """The batches, read in a thread so that a run making no progress for `stall_timeout`
-    seconds ends (StalledError, rows flushed by the caller) instead of hanging."""
-    import queue
-    import threading
+class _Watchdog:
+    """Ends a run that makes no progress: when no batch has arrived for `timeout` seconds it
+    interrupts the driver's main thread, which then leaves Ray Data's iterator the normal
+    way (so its executor shuts down) and raises StalledError. Only in the main thread (a
+    library caller in another thread gets no watchdog)."""
 
-    if not stall_timeout:
-        yield from batches
-        return
-    arrived: queue.Queue = queue.Queue(maxsize=2)
-    done = object()
+    def __init__(self, timeout: float, ray):
+        self.timeout, self.ray = timeout, ray
+        self.last, self.message = time.monotonic(), ""
+        self.stopped = threading.Event()
+        self.active = bool(timeout) and threading.current_thread() is threading.main_thread()
 
-    def pump():
-        try:
-            for batch in batches:
-                arrived.put(batch)
-            arrived.put(done)
-        except BaseException as error:  # handed to the driver's thread
-            arrived.put(error)
+    def __enter__(self) -> "_Watchdog":
+        if self.active:
+            threading.Thread(target=self._watch, name="stall-watchdog", daemon=True).start()
+        return self
 
-    threading.Thread(target=pump, name="ray-batches", daemon=True).start()
-    while True:
-        try:
-            item = arrived.get(timeout=stall_timeout)
-        except queue.Empty:
-            raise StalledError(f"no image finished for {stall_timeout:g} s (--stall-timeout); Ray is waiting with "
-                               f"{_available(ray)} free: the workers may not fit, or a model load or storage call "
-                               "hangs. The rows so far are written; the same command resumes.") from None
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(min(1.0, self.timeout)):
+            if time.monotonic() - self.last > self.timeout:
+                self.message = (f"no image finished for {self.timeout:g} s (--stall-timeout); Ray is waiting with "
+                                f"{_available(self.ray)} free: the workers may not fit, or a model load or storage "
+                                "call hangs. The rows so far are written; the same command resumes.")
+                _thread.interrupt_main()
+                return
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        self.stopped.set()
+        if kind is KeyboardInterrupt and self.message:
+            raise StalledError(self.message) from None
+        return False
 
 
 def _available(ray) -> str:
