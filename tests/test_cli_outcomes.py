@@ -171,3 +171,14 @@ def test_device_cuda_without_a_gpu_is_one_line_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "cuda" in done.stderr
+
+
+def test_an_unknown_model_on_the_ray_executor_is_a_one_line_usage_error(tmp_path):
+    """The model is loaded before Ray starts, so this costs no cluster start-up."""
+    (tmp_path / "src").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "src" / "a.png")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "src"), str(tmp_path / "dst"),
+                           "--model", "no-such-model"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and "no-such-model" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -172,13 +172,14 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
     if spec.dst.startswith("memory://") or spec.src.startswith("memory://"):
         raise ValueError("memory:// lives inside one process; Ray workers cannot see it: use --executor local")
     options = options or RayOptions()
+    model = load_spec_model(spec)  # an unknown or unreadable model is refused before Ray starts
     ray = init_ray(options.address)
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     workers, cpus_per, gpus_per = _resources(ray, options)
     engine = _worker_engine(ray, spec, cpus_per, gpus_per)
-    p = prepare(spec, load_spec_model(spec), engine)
+    p = prepare(spec, model, engine)
     info = p.info
     recover(info.dst_fs, info.dst_root)
     sink = RowSink(info, "driver", progress=progress, total=len(p.todo))
