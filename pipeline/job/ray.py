@@ -125,13 +125,13 @@ def _engine_info(spec) -> dict:
     return build_upscaler(spec, load_spec_model(spec)).info
 
 
-def _worker_engine(ray, spec, cpus_per: float, gpus_per: float) -> dict:
+def _worker_engine(ray, spec, model, cpus_per: float, gpus_per: float) -> dict:
     """What the workers' engine will be: asked of a task on a GPU worker when they have
     GPUs (the card decides the precision); CPU workers resolve as this driver's CPU does,
-    which saves starting a process to ask."""
+    with the model the driver has already loaded."""
     if gpus_per:
         return ray.get(ray.remote(_engine_info).options(num_cpus=cpus_per, num_gpus=gpus_per).remote(spec))
-    return _engine_info(dataclasses.replace(spec, device="cpu") if spec.device == "auto" else spec)
+    return build_upscaler(dataclasses.replace(spec, device="cpu") if spec.device == "auto" else spec, model).info
 
 
 class UpscaleWorker:
@@ -178,7 +178,7 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     workers, cpus_per, gpus_per = _resources(ray, options)
-    engine = _worker_engine(ray, spec, cpus_per, gpus_per)
+    engine = _worker_engine(ray, spec, model, cpus_per, gpus_per)
     p = prepare(spec, model, engine)
     info = p.info
     recover(info.dst_fs, info.dst_root)

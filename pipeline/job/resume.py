@@ -25,6 +25,12 @@ DETERMINISTIC_ERRORS = frozenset({"ImageDecodeError", "ImageTooLargeError", "Ima
 QUARANTINE_AFTER = 2
 
 
+def quarantined(strike: tuple[str, int] | None, version: str, after: int = QUARANTINE_AFTER) -> bool:
+    """Enough deterministic failures in a row on the bytes the source still has (a source
+    replaced since is tried again)."""
+    return bool(strike) and strike[0] == version and strike[1] >= after
+
+
 @dataclass
 class PriorIndex:
     """What earlier runs' manifests say about each image."""
@@ -95,9 +101,8 @@ def _filter(sources, prior, dst_fs, force, plan, include_quarantined, quarantine
             if previous and previous[0] == source.version and _exists(dst_fs, previous[1]):
                 plan.skipped += 1
                 continue
-            strike = prior.strikes.get(source.key)
-            if (not include_quarantined and strike and strike[0] == source.version
-                    and strike[1] >= quarantine_after):
+            if not include_quarantined and quarantined(prior.strikes.get(source.key), source.version,
+                                                       quarantine_after):
                 plan.quarantined += 1
                 continue
             if source.key in prior.failed:

@@ -106,13 +106,13 @@ def quarantined_total(dst: str, storage_options: dict | None = None) -> int:
 
 
 def _quarantined(strike, src_uri: str, storage_options: dict | None) -> bool:
-    """The rule of `resume.to_do`: enough deterministic failures in a row, on the bytes the
-    source still has (a source replaced since is tried again)."""
+    """`resume.quarantined` for a source known by its URI (its current version read only
+    when the strikes are enough)."""
     if not strike or strike[1] < resume.QUARANTINE_AFTER:
         return False
     try:
         fs, path = store.open_location(src_uri, storage_options)
-        return store.source_version(fs.info(path)) == strike[0]
+        return resume.quarantined(strike, store.source_version(fs.info(path)))
     except OSError:  # gone or unreadable: leave it in, the read stage records why
         return False
 
