@@ -87,3 +87,24 @@ def test_a_run_that_makes_no_progress_ends_after_the_stall_timeout_with_its_reco
     (record,) = (tmp_path / "dst" / "_manifest" / "_runs").glob("*.json")
     assert json.loads(record.read_text())["interrupted"].startswith("error: StalledError")
     assert not (tmp_path / "dst" / "_plans").exists()
+
+
+def test_the_stderr_filter_drops_only_the_marked_lines_and_passes_the_rest_as_it_comes(capfd):
+    from pipeline.job.ray import _without_lines
+
+    with _without_lines(b"NOISE"):
+        os.write(2, b"[2026 E core_worker.cc] Actor has NOISE in it\nkept line\n")
+        os.write(2, b"\r 3/10 images")  # a progress bar's update, no newline
+        os.write(2, b"\r 4/10 images\n[2026 E] more NOISE\n[2026 W] a real warning\n")
+    assert capfd.readouterr().err == "kept line\n\r 3/10 images\r 4/10 images\n[2026 W] a real warning\n"
+
+
+def test_a_ray_run_from_the_command_line_prints_only_our_summary(photos, tmp_path):
+    """Ray Data's spurious 'constructor arguments in the object store' error line (ray#57733)
+    and Ray's start-up chatter stay off the console; the summary is on stdout."""
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(photos), str(tmp_path / "dst"),
+                           "--model", "bicubic", "--scale", "2", "--executor", "ray"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "ok                   3" in done.stdout
