@@ -177,11 +177,11 @@ def hr(tmp_path):
     return folder
 
 
-def test_eval_refuses_a_fractional_scale_with_what_to_do(hr):
-    done = upscaler("eval", "--hr", hr, "--scale", "2.5", "--model", "bicubic")
-    assert done.returncode == EXIT_USAGE
-    assert "usage: upscaler eval" in done.stderr and "whole-number scale" in done.stderr
-    assert "--reference" in done.stderr  # the way to score a fractional scale
+def test_eval_takes_a_fractional_scale_like_run_with_the_hr_cropped_to_whole_lr_pixels(hr, capsys):
+    assert main(["eval", "--hr", str(hr), "--scale", "2.5", "--model", "bicubic", "--json"]) == EXIT_OK
+    result = json.loads(capsys.readouterr().out)
+    assert result["scale"] == 2.5 and result["protocol"].startswith("Y channel, shave=3")
+    assert len(result["images"]) == 1 and 10 < result["mean"]["psnr"] < 99
 
 
 def test_eval_takes_three_and_three_point_zero(hr, capsys):
@@ -196,11 +196,10 @@ def test_eval_without_model_uses_the_bundled_model_trained_at_the_scale(hr, caps
     assert json.loads(capsys.readouterr().out)["model"] == "edsr-x2"
 
 
-def test_eval_without_model_at_a_scale_no_bundled_model_has_says_to_give_one(hr):
+def test_eval_without_model_at_a_scale_no_bundled_model_has_reaches_it_from_the_default_model(hr):
     done = upscaler("eval", "--hr", hr, "--scale", "3")
-    assert done.returncode == EXIT_USAGE
-    assert "no bundled model is trained at x3" in done.stderr and "--model" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "(edsr-x4, x3 from the x4 model," in done.stdout
 
 
 # 6. a single file as the destination -------------------------------------------------------

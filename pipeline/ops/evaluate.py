@@ -4,12 +4,20 @@ HR cropped to a multiple of the scale; LR made from it with the
 MATLAB-compatible bicubic (or read from --lr); PSNR and SSIM on the Y channel
 with `scale` border pixels shaved. Gray images are treated as three equal
 channels, as the reference scripts (which read every image as colour) do.
+
+Any scale `run` takes works here, the same way: a fractional scale p/q crops the HR
+to a multiple of p (so the LR, HR * q/p, is whole and upscales back to the HR's size
+exactly) and shaves ceil(scale) pixels; a model trained at another scale reaches it as
+in `run` (x3 from an x4 model: one x4 pass, then the antialiased bicubic down), which
+the result says (`model_scale`).
 """
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
+from fractions import Fraction
 
 import numpy as np
 
@@ -29,9 +37,14 @@ def _lr_index(lr_dir: str, storage_options: dict | None) -> dict[str, str]:
     return index
 
 
+def protocol_crop(scale: float) -> int:
+    """The HR side must be a multiple of this for its LR to have whole pixels: 4 at x4, 5 at x2.5."""
+    return Fraction(scale).limit_denominator(64).numerator
+
+
 def evaluate(
     hr: str,
-    scale: int,
+    scale: float,
     model: str = "bicubic",
     *,
     lr: str | None = None,
@@ -41,16 +54,15 @@ def evaluate(
     overlap: int | None = None,
     storage_options: dict | None = None,
 ) -> dict:
-    loaded = load_model(model, scale=scale, storage_options=storage_options)
-    if loaded.arch not in ("bicubic", "lanczos") and loaded.scale != scale:
-        raise ValueError(f"model {model!r} is x{loaded.scale}; evaluate it at --scale {loaded.scale}")
+    loaded = load_model(model, scale=max(1, round(scale)), storage_options=storage_options)
+    crop, shave = protocol_crop(scale), math.ceil(scale)
     upscaler = Upscaler(loaded, device=device, precision=precision, tile=tile, overlap=overlap)
     lr_files = _lr_index(lr, storage_options) if lr else {}
     images = []
     for source in store.list_sources(hr, storage_options=storage_options):
         hr_pixels = formats.to_rgb8(formats.decode_image(store.read_bytes(source.uri, storage_options),
                                                  name=source.uri).pixels)
-        h, w = (hr_pixels.shape[0] // scale) * scale, (hr_pixels.shape[1] // scale) * scale
+        h, w = (hr_pixels.shape[0] // crop) * crop, (hr_pixels.shape[1] // crop) * crop
         hr_pixels = hr_pixels[:h, :w]
         stem = posixpath.splitext(posixpath.basename(source.key))[0]
         if lr:
@@ -63,11 +75,13 @@ def evaluate(
         sr = formats.to_rgb8(upscaler.upscale([lr_pixels], scale)[0])
         images.append({
             "image": source.key,
-            "psnr": metrics.psnr(sr, hr_pixels, y_channel=True, shave=scale),
-            "ssim": metrics.ssim(sr, hr_pixels, y_channel=True, shave=scale),
+            "psnr": metrics.psnr(sr, hr_pixels, y_channel=True, shave=shave),
+            "ssim": metrics.ssim(sr, hr_pixels, y_channel=True, shave=shave),
         })
     if not images:
         raise FileNotFoundError(f"no images under {hr}")
     mean = {k: float(np.mean([i[k] for i in images])) for k in ("psnr", "ssim")}
-    return {"model": loaded.name, "arch": loaded.arch, "scale": scale, "model_sha256": loaded.sha256,
-            "protocol": "Y channel, shave=scale, MATLAB bicubic LR", "mean": mean, "images": images}
+    model_scale = None if loaded.arch in ("bicubic", "lanczos") else loaded.scale
+    return {"model": loaded.name, "arch": loaded.arch, "scale": scale, "model_scale": model_scale,
+            "model_sha256": loaded.sha256, "protocol": f"Y channel, shave={shave}, MATLAB bicubic LR",
+            "mean": mean, "images": images}
