@@ -88,6 +88,8 @@ def test_a_deterministic_failure_is_quarantined_after_two_runs(archive, tmp_path
     assert (plan["todo"], plan["done"], plan["quarantined"]) == (0, 4, 1)
     code, forced = cli(capsys, *run, "--include-quarantined")
     assert forced["failed"] == 1
+    code, everything = cli(capsys, *run, "--force")  # --force redoes everything, the quarantined too
+    assert (everything["ok"], everything["failed"], everything["quarantined"], everything["skipped"]) == (4, 1, 0, 0)
     (archive / "corrupt.png").write_bytes(png(10, 10))  # a new version of the file is tried again
     code, repaired = cli(capsys, *run)
     assert code == EXIT_OK and repaired["ok"] == 1

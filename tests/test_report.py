@@ -36,6 +36,14 @@ def test_report_has_summary_plots_failures_and_crops_with_no_network_references(
     crops = re.findall(r'<img src="(crops/\d+\.png)"', text)
     assert len(crops) == 4 and all((report.parent / c).exists() for c in crops)
     assert not re.search(r'(src|href)="(https?:)?//', text)  # opens offline: no CDN, no remote asset
+    assert re.search(r"<th>seconds</th><td>\d+\.\d</td>", text)  # rounded, not 11.136052
+
+
+@pytest.mark.parametrize("seconds,shown", [(11.136052, "11.1"), (185.4, "3 min 05 s"), (7440, "2 h 04 min")])
+def test_report_rounds_the_run_seconds_for_people(seconds, shown):
+    from pipeline.ops.report import _seconds
+
+    assert _seconds(seconds) == shown
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")

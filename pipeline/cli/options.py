@@ -244,7 +244,7 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
                           "rest: they get failed rows for `upscaler rerun` (default: %(default)s; 0: never give up)")
     run.add_argument("--from-list", default=None,
                      help="text (one URL or key per line) or Parquet list of images under SRC (default: list SRC)")
-    run.add_argument("--force", action="store_true", help="reprocess images an earlier run already did")
+    run.add_argument("--force", action="store_true", help="reprocess every image: those earlier runs did, and the quarantined ones (default: off)")
     run.add_argument("--run-id", default=None,
                      help="the run's id in the manifest (default: a new one from the start time, e.g. 20250101T120000Z-1a2b3c)")
     run.add_argument("--include-quarantined", action="store_true",

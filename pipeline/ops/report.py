@@ -122,7 +122,7 @@ def write_report(dst: str, run_id: str | None = None, storage_options: dict | No
         f"<td>{html.escape(r['error'] or '')}</td></tr>" for r in failed)
     summary = [("run", run_id), ("ok", len(ok)), ("failed", len(failed)),
                ("model", record.get("model", {}).get("name", ok[0]["model"] if ok else "")),
-               ("executor", record.get("executor", "")), ("seconds", record.get("seconds", "")),
+               ("executor", record.get("executor", "")), ("seconds", _seconds(record.get("seconds"))),
                ("megapixels out", f"{sum((r['out_width'] or 0) * (r['out_height'] or 0) for r in ok) / 1e6:.2f}")]
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>upscaler run {html.escape(run_id)}</title>
@@ -153,3 +153,15 @@ window.addEventListener("load", () => {{
     path = posixpath.join(out_dir, "index.html")
     fs.pipe_file(path, page.encode())
     return store.full_uri(fs, path)
+
+
+def _seconds(value) -> str:
+    """A run's duration as people read it: 11.1, 3 min 05 s, 2 h 04 min."""
+    if value is None or value == "":
+        return ""
+    value = float(value)
+    if value < 60:
+        return f"{value:.1f}"
+    minutes, secs = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
