@@ -27,13 +27,13 @@ EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE (a literal: Windows has no signal.S
 
 # The command modules import the exit codes above from here, so they come after them.
 from pipeline.cli import (calibrate, demo, models, options, plan, report, rerun,  # noqa: E402
-                          run, runs, submit, train)
+                          run, runs, serve, submit, train)
 from pipeline.cli import eval as evaluate  # noqa: E402  (a name that does not read as the builtin)
 from pipeline.cli.options import (add_engine_options, add_executor_options, add_run_options,  # noqa: E402, F401
                                   config_from_args)
 
 # `upscaler --help` lists the subcommands in this order.
-COMMANDS = (run, plan, calibrate, submit, report, runs, evaluate, rerun, demo, train, models)
+COMMANDS = (run, plan, calibrate, submit, report, runs, evaluate, rerun, demo, train, models, serve)
 
 __all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_SOME_FAILED", "EXIT_STORAGE", "EXIT_STALLED", "EXIT_BROKEN_PIPE", "COMMANDS",
            "build_parser", "config_from_args", "main"]

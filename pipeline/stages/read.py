@@ -45,12 +45,15 @@ def read(work: ImageWork, spec, local_dir) -> ImageWork:
                 row.update(job.row_fields())
         if work.stream is None:
             data = store.read_bytes(work.source.uri, spec.storage_options)
-            _decode(work, data, spec)
+            decode(work, data, spec)
     row.seconds_read = time.perf_counter() - work.started
     return work
 
 
-def _decode(work: ImageWork, data: bytes, spec) -> None:
+def decode(work: ImageWork, data: bytes, spec) -> None:
+    """`data` decoded into `work` (refused from the header when over spec.max_pixels), the
+    output format checked, and a raster's band plan and model inputs made: what `read`
+    does once it has the bytes (the HTTP service, pipeline/serve, calls it on an upload)."""
     with stage(work, "decode"):
         decoded = formats.decode_image(data, name=work.source.uri, max_pixels=spec.max_pixels)
         h, w, c = decoded.pixels.shape

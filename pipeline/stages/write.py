@@ -25,12 +25,7 @@ def write(work: ImageWork, spec, dst_fs, dst_root: str) -> ImageWork:
         decoded, out, row = work.decoded, work.output, work.row
         data = None
         with stage(work, "encode"):
-            fmt, ext = formats.output_format(decoded.format, spec.format)
-            derivation = None
-            if decoded.format == "dicom":
-                derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": row.config_key}
-            data = formats.encode_image(out, decoded, fmt, quality=spec.quality, dpi_scale=out.shape[1] / decoded.shape[1],
-                                        compress_level=spec.compress_level, derivation=derivation)
+            data, fmt, ext = encode(work, spec)
         if data is not None:
             with stage(work, "write"):
                 path = _output_path(work, spec, dst_fs, dst_root, ext)
@@ -40,6 +35,20 @@ def write(work: ImageWork, spec, dst_fs, dst_root: str) -> ImageWork:
                 row.update(raster_columns(decoded, work.plan, out.shape, row.config_key))
     work.row.seconds_write = time.perf_counter() - started
     return work
+
+
+def encode(work: ImageWork, spec) -> tuple[bytes, str, str]:
+    """(bytes, format, extension) of `work`'s output as the job writes it: the input's
+    format or spec.format, its metadata carried (the HTTP service, pipeline/serve, calls
+    it too). Raises on what cannot be encoded; `write` turns that into the row's failure."""
+    decoded, out, row = work.decoded, work.output, work.row
+    fmt, ext = formats.output_format(decoded.format, spec.format)
+    derivation = None
+    if decoded.format == "dicom":
+        derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": row.config_key}
+    data = formats.encode_image(out, decoded, fmt, quality=spec.quality, dpi_scale=out.shape[1] / decoded.shape[1],
+                                compress_level=spec.compress_level, derivation=derivation)
+    return data, fmt, ext
 
 
 def _output_path(work: ImageWork, spec, dst_fs, dst_root: str, ext: str) -> str:
