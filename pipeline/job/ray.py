@@ -170,6 +170,16 @@ def write_plan(todo, fs, plan_dir: str) -> list[str]:
     return paths
 
 
+def read_plan_chunk(batch: pa.Table, dst: str, storage_options: dict | None) -> pa.Table:
+    """A Ray Data task: the plan chunk named in `batch` (one path), as a table of planned images."""
+    import pyarrow.parquet as pq
+
+    fs, _ = store.open_location(dst, storage_options)
+    (path,) = batch.column("path").to_pylist()
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, schema=_PLAN_SCHEMA)
+
+
 def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) -> dict:
     if spec.dst.startswith("memory://") or spec.src.startswith("memory://"):
         raise ValueError("memory:// lives inside one process; Ray workers cannot see it: use --executor local")
@@ -177,7 +187,6 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
     model = load_spec_model(spec)  # an unknown or unreadable model is refused before Ray starts
     ray = init_ray(options.address)
     import ray.data
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     workers, cpus_per, gpus_per = _resources(ray, options)
     engine = _worker_engine(ray, spec, model, cpus_per, gpus_per)
@@ -197,8 +206,11 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
                    before_close=lambda: _remove_plan(info.dst_fs, plan_dir, info.dst_root)) as outcome:
         paths = write_plan(p.todo, info.dst_fs, plan_dir)
         if paths:
-            dataset = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(info.dst_fs)),
-                                            num_cpus=0.25)
+            # Not ray.data.read_parquet: its file listing is a task of 1 CPU that Ray Data does not let
+            # us size, and on nodes the actors have filled to 0.5 CPU it never starts (the run stalled).
+            dataset = ray.data.from_items([{"path": p} for p in paths]).map_batches(
+                read_plan_chunk, fn_kwargs={"dst": spec.dst, "storage_options": spec.storage_options},
+                batch_size=1, batch_format="pyarrow", num_cpus=0.25)
             results = dataset.map_batches(
                 UpscaleWorker,
                 fn_constructor_kwargs={"spec": spec, "run_id": info.run_id, "config_key": info.config_key,
