@@ -166,6 +166,10 @@ function option(value, text, { disabled = false, title = "" } = {}) {
   return element;
 }
 
+function shorten(text, length) {
+  return text.length <= length ? text : `${text.slice(0, length - 1).trimEnd()}…`;
+}
+
 function renderModelChoices(info) {
   const scales = (info.scales || SHOWN_SCALES).filter((s) => SHOWN_SCALES.includes(s));
   const shownScales = scales.length ? scales : SHOWN_SCALES;
@@ -198,8 +202,8 @@ function renderModelChoices(info) {
   const jobModel = $("job-model");
   jobModel.replaceChildren();
   for (const m of models) {
-    const text = m.description ? `${m.name} — ${m.description}` : m.name;
-    const settings = { disabled: !m.available, title: m.available ? "" : m.reason || "" };
+    const text = m.description ? `${m.name} — ${shorten(m.description, 48)}` : m.name;
+    const settings = { disabled: !m.available, title: m.available ? m.description || "" : m.reason || "" };
     if (!PRESETS.includes(m.name)) override.append(option(m.name, text, settings));
     jobModel.append(option(m.name, m.available ? text : `${m.name} (unavailable: ${m.reason})`, settings));
   }
@@ -356,12 +360,13 @@ function finish(item, xhr) {
   item.outputName = downloadName(xhr, item);
   const header = (name) => xhr.getResponseHeader(`X-Upscaler-${name}`);
   item.outputSize = [Number(header("Width")), Number(header("Height"))];
+  item.model = header("Model") || item.settings.model;
   const element = item.element;
   const seconds = Number(header("Seconds-Total"));
   const parts = [
     item.inputSize ? `${item.inputSize[0]}×${item.inputSize[1]} → ` : "",
     `${item.outputSize[0]}×${item.outputSize[1]}`,
-    ` · ${header("Model") || item.settings.model}`,
+    ` · ${item.model}`,
     Number.isFinite(seconds) && seconds > 0 ? ` · ${seconds.toFixed(2)} s` : "",
     ` · ${formatBytes(item.result.size)}`,
   ];
@@ -436,8 +441,8 @@ function showCompare(item) {
   for (const other of state.items) other.element.classList.toggle("selected", other === item);
   const [width, height] = item.outputSize;
   const stage = $("stage");
-  // at least 480 px wide so small images are visible, never wider than the panel
-  stage.style.width = `min(100%, ${Math.max(width, 480)}px)`;
+  // at least 480 px wide so small images are visible; never wider than the panel nor taller than 75% of the window
+  stage.style.width = `min(100%, ${Math.max(width, 480)}px, calc(75vh * ${width / height}))`;
   stage.style.aspectRatio = `${width} / ${height}`;
   $("before-img").src = item.inputUnviewable ? "" : item.inputUrl;
   $("before-img").hidden = !!item.inputUnviewable;
@@ -445,7 +450,7 @@ function showCompare(item) {
   $("compare-title").textContent = `Compare: ${item.file.name}`;
   $("compare-note").textContent = item.inputUnviewable
     ? "This browser cannot draw the original's format; only the result is shown."
-    : `Left of the line: the original ${item.inputSize ? `${item.inputSize.join("×")} ` : ""}drawn with square pixels; right: ${width}×${height} from ${item.settings.model}.`;
+    : `Left of the line: the original ${item.inputSize ? `${item.inputSize.join("×")} ` : ""}drawn with square pixels; right: ${width}×${height} from ${item.model}.`;
   $("compare").hidden = false;
   setSlider($("compare-slider").value);
 }
@@ -557,12 +562,18 @@ function newJobRow(job) {
   return row;
 }
 
+// created_at: an ISO string or epoch seconds
+function jobDate(value) {
+  if (value === null || value === undefined || value === "") return null;
+  return typeof value === "number" ? new Date(value * 1000) : new Date(value);
+}
+
 function updateJobRow(row, job) {
   row.dataset.jobState = job.state;
   const badge = row.querySelector(".job-state");
   badge.textContent = job.state;
   badge.dataset.state = job.state;
-  const created = job.created_at ? new Date(job.created_at * (job.created_at < 1e12 ? 1000 : 1)) : null;
+  const created = jobDate(job.created_at);
   row.querySelector(".job-time").textContent = created && !Number.isNaN(created.getTime())
     ? created.toLocaleString() : String(job.created_at ?? "");
   const progress = row.querySelector(".job-progress");
