@@ -39,9 +39,10 @@ def rayjob_specs() -> list[tuple[str, dict]]:
 
 def test_every_yaml_parses_and_names_its_kind():
     docs = documents()
-    assert set(docs) == {"rayjob.yaml", "raycronjob.yaml", "cronjob.yaml"}
+    assert set(docs) == {"rayjob.yaml", "raycronjob.yaml", "cronjob.yaml", "rayservice.yaml"}
     kinds = {d["kind"] for ds in docs.values() for d in ds}
-    assert {"RayJob", "RayCronJob", "CronJob", "ConfigMap", "ServiceAccount", "Role", "RoleBinding"} <= kinds
+    assert {"RayJob", "RayCronJob", "CronJob", "ConfigMap", "ServiceAccount", "Role", "RoleBinding",
+            "RayService"} <= kinds
 
 
 def test_every_entrypoint_is_accepted_by_the_run_parser():
@@ -64,6 +65,29 @@ def test_clusters_have_a_gpu_free_head_and_an_autoscaling_gpu_group_that_shuts_d
         (group,) = cluster["workerGroupSpecs"]
         assert group["minReplicas"] == 0 and group["maxReplicas"] >= 1
         assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_rayservice_builds_the_served_app_on_gpu_replicas_with_keys_from_a_secret():
+    pytest.importorskip("ray.serve", reason="the Ray Serve deployment needs ray[serve]")
+    import importlib
+
+    (service,) = [d for d in documents()["rayservice.yaml"] if d["kind"] == "RayService"]
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    module, name = app["import_path"].split(":")
+    assert type(getattr(importlib.import_module(module), name)(app["args"])).__name__ == "Application"
+    (deployment,) = app["deployments"]
+    assert deployment["name"] == "upscaler" and deployment["ray_actor_options"]["num_gpus"] == 1
+    assert deployment["autoscaling_config"]["min_replicas"] >= 1
+    cluster = service["spec"]["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    (group,) = cluster["workerGroupSpecs"]
+    worker = group["template"]["spec"]
+    assert group["maxReplicas"] >= 1 and worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    mount = worker["containers"][0]["volumeMounts"][0]
+    assert app["args"]["keys_file"].startswith(mount["mountPath"] + "/")
+    assert worker["volumes"][0]["secret"]["secretName"] == "upscaler-keys" and "no_auth" not in app["args"]
 
 
 def test_images_secrets_and_names_agree_across_files_and_no_credential_is_inline():
