@@ -162,11 +162,15 @@ def watched(browser, server):
     watched.close()
 
 
-def _upload(page, paths, scale="4", model="bicubic"):
+def _choose(page, scale, model):
     page.wait_for_selector("body[data-ready=true]")
     page.click(f"label[for=scale-{scale}]")
     page.click(".advanced summary")
     page.select_option("#model-override", model)
+
+
+def _upload(page, paths, scale="4", model="bicubic"):
+    _choose(page, scale, model)
     page.set_input_files("#file-input", [str(p) for p in paths])
 
 
@@ -184,7 +188,12 @@ def test_two_uploads_at_4x_finish_and_download_as_pngs_and_as_a_zip_of_both(watc
     small = _save_noise(workdir / "uploads" / "small.png", 32, 24, seed=1)
     tall = _save_noise(workdir / "uploads" / "tall.png", 20, 28, seed=2)
     page = watched.open()
-    _upload(page, [small, tall])
+    _choose(page, scale="4", model="bicubic")
+    page.focus("#file-input")  # the keyboard's way in: the picker opens on Space
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    assert chooser.value.is_multiple()
+    chooser.value.set_files([str(small), str(tall)])
     assert _wait_settled(page, 2) == [["done", "Done"], ["done", "Done"]]
 
     with page.expect_download() as info:
@@ -257,7 +266,10 @@ def test_a_non_image_fails_with_the_servers_one_line_error_and_anime_is_disabled
 def test_a_job_started_from_the_jobs_tab_shows_progress_and_succeeds_with_a_working_report_link(watched, workdir):
     page = watched.open()
     page.wait_for_selector("body[data-ready=true]")
-    page.click("#tab-jobs")
+    page.focus("#tab-upscale")
+    page.keyboard.press("ArrowRight")  # tabs follow the ARIA pattern: arrows move between them
+    assert page.evaluate("document.activeElement.id") == "tab-jobs"
+    assert page.get_attribute("#tab-jobs", "aria-selected") == "true"
     assert page.is_visible("#panel-jobs") and not page.is_visible("#panel-upscale")
     # every state the job's row shows, as the page draws them (the first poll may already see it finished)
     page.evaluate("""() => { window.seenJobStates = [];

@@ -115,15 +115,18 @@ async function connect() {
   $("identity").hidden = !who.auth;
   $("identity-name").textContent = who.name;
 
+  let info;
   try {
     const modelsResponse = await api("/v1/models");
     if (!modelsResponse.ok) throw new Error(await errorMessage(modelsResponse));
-    renderModelChoices(await modelsResponse.json());
+    info = await modelsResponse.json();
+    renderModelChoices(info);
   } catch (error) {
     if (!(error instanceof KeyRejected)) showFatal(`Cannot list the models: ${error.message}`);
     return;
   }
-  const canRunJobs = state.permissions.includes("jobs");
+  // whoami names the key's permissions; /v1/models says whether this server runs jobs at all (--allow-prefix)
+  const canRunJobs = state.permissions.includes("jobs") && info.jobs !== false;
   $("tab-jobs").hidden = !canRunJobs;
   if (!canRunJobs) selectTab("upscale");
   $("key-panel").hidden = true;
