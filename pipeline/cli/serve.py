@@ -60,8 +60,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="one origin allowed to call the API from a browser (default: none, CORS off)")
     serve.add_argument("--drain-seconds", type=float, default=60.0,
                        help="SIGTERM: how long requests in flight may take to finish (default: %(default)s)")
-    add_storage_option(serve, help="for jobs' storage, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable); "
-                                   "server-side only: never in responses, logs or a command line")
+    add_storage_option(serve, help="for jobs' storage, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable; "
+                                   "default: none, the environment's credentials); server-side only: never in "
+                                   "responses, logs or a command line")
     _add_keys_parser(serve)
     return serve
 
