@@ -4,7 +4,8 @@ One server process (`--no-auth` on 127.0.0.1, the engine in-process) and, in thi
 process, asyncio httpx clients:
 
 - engine:     Upscaler.upscale on the same decoded images, one at a time, same torch
-              thread count (the compute the service wraps);
+              thread count (the compute the service wraps), before and after the service
+              phases: the faster of the two is the reference;
 - load:       `--clients` concurrent clients send `--requests` requests; every answer
               is checked byte for byte against the image's first (unbatched) answer;
 - overload:   waves of 2 x `--queue-size` simultaneous requests: 429s with Retry-After
@@ -182,7 +183,9 @@ def main() -> None:
     server = Server(args, 1)
     report["load_unbatched"] = asyncio.run(send_all(server.url, files, expected, args.clients, args.requests))
     server.stop()
-    engine = report["engine"]["images_per_second"]
+    # again, after the service (a shared machine's speed drifts): the faster of the two is the reference
+    report["engine_after"] = engine_speed(files, args.model, args.engine_images)
+    engine = max(report["engine"]["images_per_second"], report["engine_after"]["images_per_second"])
     report["service_vs_engine_throughput"] = round(report["load"]["images_per_second"] / engine, 3)
     report["unbatched_service_vs_engine_throughput"] = round(report["load_unbatched"]["images_per_second"] / engine, 3)
     report["targets"] = {"service_vs_engine_throughput": ">= 0.8", "errors": "0 (429s only in overload)",
