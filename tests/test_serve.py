@@ -161,6 +161,8 @@ def test_public_routes_health_readiness_models_metrics_schema_and_offline_docs(s
     assert "/openapi.json" in docs and "http://" not in docs and "https://" not in docs
     text = httpx.get(server.url + "/metrics").text
     assert "upscaler_request_seconds_bucket" in text and "upscaler_queue_depth" in text
+    cors = httpx.get(server.url + "/v1/whoami", headers={"Origin": "http://elsewhere.example"})
+    assert "access-control-allow-origin" not in cors.headers  # CORS is off without --cors-origin
 
 
 # ----------------------------------------------------------------------------- auth
@@ -347,9 +349,15 @@ def test_overload_gives_429_with_retry_after_no_5xx_and_every_accepted_answer_is
 # ----------------------------------------------------------------------------- SIGTERM
 
 
-def test_sigterm_finishes_requests_in_flight_refuses_new_ones_with_503_and_exits_0(tmp_path):
-    process = ServerProcess("--no-auth", "--model", "edsr-x2", "--max-batch", "1", log=tmp_path / "server.log")
+def test_sigterm_finishes_requests_in_flight_refuses_new_ones_with_503_and_exits_0_cors_for_one_origin(tmp_path):
+    process = ServerProcess("--no-auth", "--model", "edsr-x2", "--max-batch", "1", "--cors-origin",
+                            "http://page.example", log=tmp_path / "server.log")
     process.wait_ready()
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    allowed = httpx.options(process.url + "/v1/upscale", headers={"Origin": "http://page.example", **preflight})
+    assert allowed.headers["access-control-allow-origin"] == "http://page.example"
+    other = httpx.options(process.url + "/v1/upscale", headers={"Origin": "http://evil.example", **preflight})
+    assert "access-control-allow-origin" not in other.headers
     images = [png_bytes(photo(160, 160, seed=20 + i)) for i in range(4)]
     results: list = [None] * len(images)
 

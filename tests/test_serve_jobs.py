@@ -34,7 +34,7 @@ def client(allowed, tmp_path_factory):
     token = serve_keys.add_key(keyfile, "ops", jobs=True)
     allowed.mkdir()
     process = ServerProcess("--keys", keyfile, "--model", "bicubic", "--allow-prefix", str(allowed),
-                            "--max-jobs", "2", log=folder / "server.log")
+                            "--max-jobs", "2", "--time-limit", "0.2", log=folder / "server.log")
     try:
         process.wait_ready()
         with httpx.Client(base_url=process.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
@@ -66,8 +66,9 @@ def test_a_job_runs_to_succeeded_with_its_counts_and_a_report_that_opens_without
     report = httpx.get(str(client.base_url) + job["report_url"])  # a plain link: no Authorization header
     assert report.status_code == 200 and "upscaler run " + job["id"] in report.text
     assert client.get("/v1/jobs").json()["jobs"][0]["id"] == job["id"]
-    assert httpx.get(str(client.base_url) + job["report_url"].replace(job["report_url"].split("/")[2], "x" * 22)) \
-        .status_code == 404
+    for token in ("x" * 22, "%C3%A9"):
+        assert httpx.get(f"{client.base_url}/reports/{token}/index.html").status_code == 404
+    assert httpx.get(str(client.base_url) + job["report_url"].replace("index.html", "%2e%2e/%2e%2e/keys.json")).status_code == 404
 
 
 def test_a_cancelled_job_keeps_its_finished_rows_and_rerun_completes_the_rest(client, allowed):
@@ -92,3 +93,17 @@ def test_a_cancelled_job_keeps_its_finished_rows_and_rerun_completes_the_rest(cl
     rows = latest_rows(*store.open_location(str(dst)))
     assert len(rows) == count and {r["status"] for r in rows} == {"ok"}
     assert len(list(dst.glob("*.png"))) == count
+
+
+def test_an_image_over_the_time_limit_is_504_and_the_server_goes_on(client):
+    import io
+
+    def png(size: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    slow = client.post("/v1/upscale", params={"model": "edsr-x4"}, content=png(160))
+    assert slow.status_code == 504 and "time limit" in slow.json()["error"]
+    quick = client.post("/v1/upscale", content=png(16))
+    assert quick.status_code == 200 and Image.open(io.BytesIO(quick.content)).size == (64, 64)

@@ -241,7 +241,8 @@ class JobManager:
     def report_file(self, token: str, name: str) -> tuple[bytes, str]:
         """A file of a job's report (index.html, crops/NNN.png), made anew while the job
         runs when the last one is older than REPORT_REFRESH_SECONDS."""
-        job = next((j for j in list(self.jobs.values()) if secrets.compare_digest(j.token, token)), None)
+        presented = token.encode("utf-8", "replace")
+        job = next((j for j in list(self.jobs.values()) if secrets.compare_digest(j.token.encode(), presented)), None)
         if job is None or not REPORT_FILE.fullmatch(name):
             raise ApiError(404, "no such report")
         if job.state in ("running", "cancelling") and name == "index.html" \
