@@ -61,6 +61,7 @@ def keyfile(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("keys") / "keys.json")
     tokens = {name: serve_keys.add_key(path, name, jobs=name == "admin") for name in ("admin", "plain", "doomed")}
     tokens["slow"] = serve_keys.add_key(path, "slow", rate_per_minute=2)
+    tokens["single"] = serve_keys.add_key(path, "single", concurrency=1)
     return path, tokens
 
 
@@ -192,6 +193,16 @@ def test_a_key_over_its_rate_gets_429_with_retry_after(server, keyfile):
     statuses = [httpx.post(server.url + "/v1/upscale", headers=slow, content=data) for _ in range(3)]
     assert [r.status_code for r in statuses] == [200, 200, 429]
     assert int(statuses[2].headers["retry-after"]) >= 1 and "rate" in statuses[2].json()["error"]
+
+
+def test_a_key_over_its_concurrency_gets_429_while_its_first_request_runs(server, keyfile):
+    single = {"Authorization": f"Bearer {keyfile[1]['single']}"}
+    data = png_bytes(photo(128, 128, seed=7))
+    responses = concurrently(2, lambda i: httpx.post(server.url + "/v1/upscale", headers=single, content=data,
+                                                     timeout=60))
+    assert sorted(r.status_code for r in responses) == [200, 429]
+    refused = next(r for r in responses if r.status_code == 429)
+    assert "in progress" in refused.json()["error"] and int(refused.headers["retry-after"]) >= 1
 
 
 def test_keys_cli_prints_the_key_once_and_the_file_holds_only_its_hash(tmp_path, capsys):
@@ -333,8 +344,25 @@ def test_overload_gives_429_with_retry_after_no_5xx_and_every_accepted_answer_is
     data = png_bytes(photo(96, 96, seed=5))
     expected = admin.post("/v1/upscale", content=data).content
     headers = {"Authorization": f"Bearer {keyfile[1]['admin']}"}
-    responses = concurrently(3 * QUEUE, lambda i: httpx.post(server.url + "/v1/upscale", headers=headers,
-                                                              content=data, timeout=120))
+    health: list[float] = []
+    done = threading.Event()
+
+    def probe():  # the event loop never runs the model: health checks stay fast under load
+        while not done.is_set():
+            started = time.monotonic()
+            assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+            health.append(time.monotonic() - started)
+            time.sleep(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        responses = concurrently(3 * QUEUE, lambda i: httpx.post(server.url + "/v1/upscale", headers=headers,
+                                                                  content=data, timeout=120))
+    finally:
+        done.set()
+        prober.join()
+    assert len(health) >= 3 and max(health) < 1.0
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 429} and statuses.count(429) > 0 and statuses.count(200) >= QUEUE
     for r in responses:
