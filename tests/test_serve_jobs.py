@@ -38,6 +38,7 @@ def client(allowed, tmp_path_factory):
     try:
         process.wait_ready()
         with httpx.Client(base_url=process.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+            c.server_log = process.log
             yield c
     finally:
         process.stop()
@@ -66,6 +67,8 @@ def test_a_job_runs_to_succeeded_with_its_counts_and_a_report_that_opens_without
     report = httpx.get(str(client.base_url) + job["report_url"])  # a plain link: no Authorization header
     assert report.status_code == 200 and "upscaler run " + job["id"] in report.text
     assert client.get("/v1/jobs").json()["jobs"][0]["id"] == job["id"]
+    log = client.server_log.read_text()
+    assert "GET /reports/<token>/index.html" in log and job["report_url"].split("/")[2] not in log
     for token in ("x" * 22, "%C3%A9"):
         assert httpx.get(f"{client.base_url}/reports/{token}/index.html").status_code == 404
     assert httpx.get(str(client.base_url) + job["report_url"].replace("index.html", "%2e%2e/%2e%2e/keys.json")).status_code == 404

@@ -10,6 +10,8 @@ rather than with status 0; the first SIGTERM is handled here instead. A second s
 
 from __future__ import annotations
 
+import logging
+import re
 import signal
 import threading
 import time
@@ -36,10 +38,23 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+class HideReportTokens(logging.Filter):
+    """A report's URL is its capability (pipeline/serve/jobs.py): the access log shows
+    `/reports/<token>/...` instead of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            args = list(record.args)
+            args[2] = re.sub(r"^/reports/[^/?]+", "/reports/<token>", args[2])
+            record.args = tuple(args)
+        return True
+
+
 def serve(app) -> None:
     """Run `app` (create_app's) on its config's host and port until SIGTERM or Ctrl-C."""
     service = app.state.service
     config = uvicorn.Config(app, host=service.config.host, port=service.config.port, lifespan="on",
                             timeout_graceful_shutdown=service.config.drain_seconds, server_header=False,
                             log_level="info")
+    logging.getLogger("uvicorn.access").addFilter(HideReportTokens())
     DrainingServer(config, service).run()
