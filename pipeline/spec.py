@@ -105,6 +105,9 @@ class RunSpec:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["output"]}
         values.update(model=model.sha256 or model.name, scale=float(self.scale or model.scale),
                       tile=engine["tile"], overlap=engine["overlap"], precision=engine["precision"])
+        deep = engine.get("precision_above_8_bits", engine["precision"])
+        if deep != engine["precision"]:  # `auto`'s bf16 with 16-bit images in fp32 is not `--precision bf16`
+            values["precision_above_8_bits"] = deep
         return values
 
     def config_key(self, model, engine: dict) -> str:

@@ -41,3 +41,28 @@ def test_bundled_model_meets_its_psnr_target(name, dataset, target):
                        lr=str(DATA / dataset / "LR_bicubic" / f"X{scale}"))
     assert result["mean"]["psnr"] >= target
     assert result["mean"]["psnr"] - bicubic["mean"]["psnr"] >= 1.8  # "by a wide margin"
+
+
+@needs_shared
+@pytest.mark.shared
+@pytest.mark.parametrize("name", BUNDLED)
+@pytest.mark.parametrize("dataset", ["set5", "set14"])
+def test_bf16_keeps_the_bundled_models_psnr_within_002_db_of_fp32(name, dataset):
+    """bf16 is `--precision auto` on CPUs with native bf16 (and on CUDA): it must cost no quality."""
+    scale = NAMED_MODELS[name].scale
+    lr = str(DATA / dataset / "LR_bicubic" / f"X{scale}")
+    fp32, bf16 = (evaluate(str(DATA / dataset / "HR"), scale, name, lr=lr, precision=p, device="cpu")
+                  for p in ("fp32", "bf16"))
+    assert abs(bf16["mean"]["psnr"] - fp32["mean"]["psnr"]) <= 0.02
+    assert abs(bf16["mean"]["ssim"] - fp32["mean"]["ssim"]) <= 0.0005
+
+
+def test_auto_precision_on_this_cpu_is_bf16_exactly_where_the_cpu_has_it_natively():
+    import torch
+
+    from pipeline.inference.engine import Upscaler, cpu_has_native_bf16
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert cpu_has_native_bf16() is native
+    assert Upscaler(load_model("edsr-x2"), device="cpu").info["precision"] == ("bf16" if native else "fp32")
+    assert Upscaler(load_model("bicubic"), device="cpu").info["precision"] == "fp32"  # no model to run

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline import formats
+from pipeline.inference.engine import cpu_has_native_bf16
 from pipeline.cli import EXIT_OK, EXIT_SOME_FAILED, main
 
 from .conftest import S3_KEY, S3_SECRET, save_edsr
@@ -101,7 +102,8 @@ def test_ray_run_reads_and_writes_s3_and_matches_the_local_executor_byte_for_byt
     assert fs.cat(f"{root}/out-ray/big.png") == fs.cat(f"{root}/out-local/big.png")
     assert [r["image_id"] for r in ray_rows] == ["big.png"] + [
         f"dir{i % 2}/img{i}.png" for i in sorted(range(6), key=lambda i: f"dir{i % 2}/img{i}")]
-    assert {(r["tile"], r["overlap"], r["precision"]) for r in ray_rows} == {("16", 4, "fp32")}
+    auto = "bf16" if cpu_has_native_bf16() else "fp32"  # --precision auto on this CPU
+    assert {(r["tile"], r["overlap"], r["precision"]) for r in ray_rows} == {("16", 4, auto)}
     same = ["image_id", "status", "width", "height", "out_width", "out_height", "model", "scale", "lr_psnr",
             "source_version", "config_key", "tile", "overlap", "precision"]
     assert [{k: r[k] for k in same} for r in ray_rows] == [{k: r[k] for k in same} for r in local_rows]

@@ -44,6 +44,21 @@ def x1_model() -> LoadedModel:
 # ------------------------------------------------------------ the caller's model
 
 
+@pytest.mark.skipif(not engine.cpu_has_native_bf16(), reason="this CPU has no native bf16: auto is fp32 throughout")
+def test_auto_precision_runs_8_bit_images_in_bf16_and_deeper_ones_in_fp32_with_fp32_weights():
+    """bf16 keeps 8 significant bits: fine for 8-bit pixels, not for 16-bit ones, whose low
+    bits it would lose; those run in fp32, with the model's own fp32 weights."""
+    model = tiny_edsr(2)
+    auto, fp32, bf16 = (Upscaler(model, tile=0, precision=p, device="cpu") for p in ("auto", "fp32", "bf16"))
+    deep, shallow = photo(16, 20, dtype=np.uint16), photo(16, 20)
+    out_deep, out_shallow = auto.upscale([deep, shallow])
+    assert np.array_equal(out_deep, fp32.upscale([deep])[0])
+    assert np.array_equal(out_shallow, bf16.upscale([shallow])[0])
+    assert (auto.precision_for(np.uint8), auto.precision_for(np.uint16), auto.precision_for(np.float32)) == \
+        ("bf16", "fp32", "fp32")
+    assert bf16.precision_for(np.uint16) == "bf16"  # asked for explicitly: as asked
+
+
 def test_engines_of_two_precisions_share_one_loaded_model_and_leave_it_as_it_was():
     model = tiny_edsr(2)
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
@@ -222,14 +237,14 @@ def test_model_passes_is_the_smallest_count_that_reaches_the_target(model_scale,
 def test_a_scale_one_model_runs_once_then_bicubic_resizes_to_the_target():
     model = x1_model()
     image = photo(20, 26)
-    same = Upscaler(model, device="cpu")
+    same = Upscaler(model, device="cpu", precision="fp32")  # compared with the model's fp32 output
     restored = same.upscale([image], 1)[0]
     assert restored.shape == (20, 26, 3) and same.stats.batches == 1
     x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
         direct = model.module(x)  # resized before it is clamped, as any model's output
     assert np.array_equal(restored, np.rint(direct.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255))
-    double = Upscaler(model, device="cpu")
+    double = Upscaler(model, device="cpu", precision="fp32")
     out = double.upscale([image], 2)[0]
     assert out.shape == (40, 52, 3) and double.stats.batches == 1
     expected = resize_torch(direct.double(), (40, 52)).clamp(0, 1)[0].permute(1, 2, 0).numpy()

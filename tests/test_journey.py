@@ -351,7 +351,7 @@ def test_writing_a_default_explicitly_redoes_nothing(tmp_path):
     weights = _cnn_weights(tmp_path)
     assert _redone(src, tmp_path / "dst", model=weights) == 1
     model_overlap = Upscaler(formats_free_model(weights)).overlap
-    assert _redone(src, tmp_path / "dst", model=weights, scale=2, precision="fp32", overlap=model_overlap,
+    assert _redone(src, tmp_path / "dst", model=weights, scale=2, precision="auto", overlap=model_overlap,
                    band_mode="rgb+gray", radiometric="auto", quality=95) == 0
 
 

@@ -47,6 +47,7 @@ from pipeline.inference.resize import ResizePlan, resize_torch
 from pipeline.inference.tiling import Stitcher, Tile, plan_tiles
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+INTERPOLATIONS = ("bicubic", "lanczos")  # architectures that resize, with no network to run
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_TILE = 32
 CPU_MEMORY_BUDGET = 2 << 30  # bytes of activations on a CPU, whatever the host has free
@@ -69,14 +70,25 @@ def pick_device(device: str = "auto") -> torch.device:
     return chosen
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), as PyTorch's own
+    probe of the CPU's features says. Elsewhere bf16 is emulated, slower than fp32."""
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe is not None and probe() for probe in probes)
+
+
 def pick_precision(precision: str, device: torch.device, model: LoadedModel) -> str:
-    """fp32 on CPU; on CUDA bf16 where the card and model support it, else fp16."""
+    """`auto`: bf16 where the hardware computes in it natively and the model supports it
+    (a CUDA card with bf16, a CPU with AVX512-BF16 or AMX), else fp16 on CUDA, fp32 on CPU.
+    Tiles that come out non-finite in a half precision are redone in fp32 (`_forward`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision != "auto":
         return precision
-    if device.type != "cuda" or model.module is None:
-        return "fp32"
+    if model.module is None or model.arch in INTERPOLATIONS:
+        return "fp32"  # nothing runs in the model's precision (interpolation computes in float64)
+    if device.type != "cuda":
+        return "bf16" if model.supports_bf16 and cpu_has_native_bf16() else "fp32"
     if model.supports_bf16 and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp16" if model.supports_half else "fp32"
@@ -165,7 +177,10 @@ class Upscaler:
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device, model)
         self.dtype = _DTYPES[self.precision]
-        self.interpolation = model.arch in ("bicubic", "lanczos")
+        # bf16 and fp16 keep 8 and 11 significant bits: enough for 8-bit images (EDSR x4, bf16:
+        # 0.0038 at most, under one level), not for 16-bit or float ones, which `auto` runs in fp32.
+        self.deep_precision = "fp32" if precision == "auto" else self.precision
+        self.interpolation = model.arch in INTERPOLATIONS
         self.overlap = model.overlap if overlap is None else int(overlap)
         if self.overlap < 0:
             raise ValueError(f"overlap must be >= 0, not {self.overlap}")
@@ -174,13 +189,8 @@ class Upscaler:
         self.budget = memory_budget_bytes or memory_budget(self.device)
         self.stats = EngineStats()
         self._oom_tile: int | None = None  # lowered by an out-of-memory retry, for this engine from then on
-        module = copy.deepcopy(model.module).eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        # channels_last suits cuDNN and oneDNN alike (EDSR on this CPU: 17% faster).
-        module = module.to(self.device, memory_format=torch.channels_last)
-        self.module = module.to(dtype=self.dtype)
-        self._fp32_module = None
+        self.module = self._private_module(self.dtype)
+        self._fp32_module = self.module if self.dtype == torch.float32 else None
         # Activation bytes per input pixel: a few feature maps alive at once,
         # the widest at the upsampled resolution.
         width = _model_width(self.module)
@@ -211,9 +221,15 @@ class Upscaler:
         return {
             "device": str(self.device),
             "precision": self.precision,
+            "precision_above_8_bits": self.deep_precision,
             "tile": "auto" if self.requested_tile is None else self.requested_tile,
             "overlap": self.overlap,
         }
+
+    def precision_for(self, dtype) -> str:
+        """The precision an image of this dtype runs in: the engine's, or fp32 for images
+        deeper than 8 bits (and float planes) when the precision was chosen automatically."""
+        return self.precision if np.dtype(dtype) == np.uint8 else self.deep_precision
 
     def output_size(self, height: int, width: int, scale: float | None) -> tuple[int, int]:
         s = self.model.scale if scale is None else scale
@@ -257,7 +273,12 @@ class Upscaler:
         prepared = [_to_unit(img) for img in images]
         if self.interpolation:
             return [self._interpolate(p, target, deadline) for p in prepared]
-        upscaled = self._model_passes([p.color() for p in prepared], target, deadline)
+        upscaled: list[torch.Tensor | None] = [None] * len(prepared)
+        for precision in dict.fromkeys(self.precision_for(img.dtype) for img in images):
+            indices = [i for i, img in enumerate(images) if self.precision_for(img.dtype) == precision]
+            for i, out in zip(indices, self._model_passes([prepared[i].color() for i in indices], target, deadline,
+                                                          _DTYPES[precision])):
+                upscaled[i] = out
         check = None if deadline is None else partial(_check, deadline, "between bands of the alpha resize")
         results = []
         for p, color in zip(prepared, upscaled):
@@ -295,30 +316,31 @@ class Upscaler:
             out[r0:r1] = p.restore(color, alpha)
         return out
 
-    def _model_passes(self, colors: list[torch.Tensor], target: float, deadline: float | None) -> list[torch.Tensor]:
+    def _model_passes(self, colors: list[torch.Tensor], target: float, deadline: float | None,
+                      dtype: torch.dtype) -> list[torch.Tensor]:
         sizes = [self.output_size(*c.shape[-2:], target) for c in colors]
         current = colors
         for k in range(model_passes(self.model.scale, target)):
             if k:
                 _check(deadline, "between model passes")
             if self.model.in_channels == 1:  # a single-channel model sees each plane as an image
-                planes = self._one_pass([plane[None] for c in current for plane in c], deadline)
+                planes = self._one_pass([plane[None] for c in current for plane in c], deadline, dtype)
                 current = [torch.cat(planes[i : i + 3]) for i in range(0, len(planes), 3)]
             else:
-                current = self._one_pass(current, deadline)
+                current = self._one_pass(current, deadline, dtype)
         check = None if deadline is None else partial(_check, deadline, "between bands of the resize to the target")
         return [
             c if tuple(c.shape[-2:]) == size else resize_torch(c[None], size, kernel="cubic", check=check)[0]
             for c, size in zip(current, sizes)
         ]
 
-    def _one_pass(self, colors: list[torch.Tensor], deadline: float | None) -> list[torch.Tensor]:
+    def _one_pass(self, colors: list[torch.Tensor], deadline: float | None, dtype: torch.dtype) -> list[torch.Tensor]:
         """One model pass over several images, each with its own tiling; on
         out of memory, retried with the tile halved, never below `min_tile`."""
         while True:
             tilings = [self.tiling_for(*c.shape[-2:]) for c in colors]
             try:
-                return self._tiled_pass(colors, tilings, deadline)
+                return self._tiled_pass(colors, tilings, deadline, dtype)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
                 if not is_out_of_memory(error):
                     raise
@@ -337,7 +359,7 @@ class Upscaler:
                     torch.cuda.empty_cache()
 
     def _tiled_pass(self, colors: list[torch.Tensor], tilings: list[tuple[int, int]],
-                    deadline: float | None) -> list[torch.Tensor]:
+                    deadline: float | None, dtype: torch.dtype) -> list[torch.Tensor]:
         s = self.model.scale
         work: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
         stitchers = []
@@ -352,7 +374,7 @@ class Upscaler:
                 chunk = items[start : start + per_batch]
                 batch = torch.stack([colors[i][:, t.y0 : t.y1, t.x0 : t.x1] for i, t in chunk])
                 _check(deadline, "before a forward pass")
-                out = self._forward(batch)
+                out = self._forward(batch, dtype)
                 _check(deadline, "after a forward pass")
                 for (i, t), upscaled in zip(chunk, out):
                     stitchers[i].add(t, upscaled)
@@ -379,14 +401,16 @@ class Upscaler:
         limit = self.budget // max(1, self.bytes_per_pixel * shape[0] * shape[1])
         return int(max(1, min(MAX_BATCH, limit)))
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Model forward on a batch of tiles (N, C, h, w) float32 -> float32 on the
         engine's device (the stitcher moves it where the image is assembled)."""
         h, w = batch.shape[-2:]
         batch, crop = self._pad_to_requirements(batch)
         started = time.perf_counter()
-        out = self._run(self.module, batch, self.dtype).float()
-        if self.dtype != torch.float32:
+        dtype = dtype or self.dtype
+        module = self.module if dtype == self.dtype else self._module_fp32()
+        out = self._run(module, batch, dtype).float()
+        if dtype != torch.float32:
             bad = ~torch.isfinite(out).flatten(1).all(dim=1)
             if bad.any():
                 self.stats.fp32_fallback_tiles += int(bad.sum())
@@ -406,9 +430,18 @@ class Upscaler:
         with torch.inference_mode():
             return module(batch)
 
+    def _private_module(self, dtype: torch.dtype) -> torch.nn.Module:
+        """This engine's own copy of the model, in `dtype`, from the model's own weights
+        (not from a half-precision copy, whose rounding fp32 would then keep)."""
+        module = copy.deepcopy(self.model.module).eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        # channels_last suits cuDNN and oneDNN alike (EDSR on this CPU: 17% faster).
+        return module.to(self.device, dtype=dtype, memory_format=torch.channels_last)
+
     def _module_fp32(self) -> torch.nn.Module:
         if self._fp32_module is None:
-            self._fp32_module = copy.deepcopy(self.module).to(dtype=torch.float32)
+            self._fp32_module = self._private_module(torch.float32)
         return self._fp32_module
 
     def _pad_to_requirements(self, batch: torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -45,6 +45,7 @@ def infer(group: list[ImageWork], upscaler, scale: float | None, time_limit: flo
         h, w = work.decoded.pixels.shape[:2]
         work.row.seconds_infer = elapsed * h * w / total
         _record_tiling(work, upscaler, h, w)
+        work.row.precision = upscaler.precision_for(inputs[start].dtype)  # fp32 for images deeper than 8 bits
         if work.plan is None:
             work.output = outputs[start]
             continue
@@ -64,5 +65,6 @@ def _stream(work: ImageWork, upscaler, scale: float | None, time_limit: float | 
     deadline = time.monotonic() + time_limit if time_limit else None
     with stage(work, "infer"):
         stream.run(work.stream, upscaler, scale, deadline=deadline)
+        work.row.precision = upscaler.precision_for("float32")  # windows reach the model as float planes
         _record_tiling(work, upscaler, *stream.window_shape(work.stream, upscaler, scale))
     work.row.seconds_infer = time.perf_counter() - started
