@@ -9,6 +9,7 @@ import threading
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -195,6 +196,43 @@ def test_killing_a_worker_mid_run_loses_no_image_and_duplicates_none(tmp_path, c
     for i in range(count):
         assert formats.decode_image((tmp_path / "dst" / f"img{i:02d}.png").read_bytes()).pixels.shape == (256, 256, 3)
     assert not [p for p in (tmp_path / "dst").rglob("*") if p.name.endswith(".tmp")]
+    # The batches the killed actor finished come back from their receipts, not done again.
+    assert sum(r["worker"].endswith(f"-{killed[0]}") for r in rows) >= 2
+
+
+def test_two_hundred_images_spread_over_both_workers(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(200):
+        (src / f"img{i:03d}.png").write_bytes(png(i, 8, 8))
+    code = cli("run", src, tmp_path / "dst", "--model", "bicubic", "--scale", "2", "--workers", "2",
+               "--cpus-per-worker", "0.5", "--json")
+    assert code == EXIT_OK and summary_json(capsys.readouterr().out)["ok"] == 200
+    rows = pq.read_table(str(tmp_path / "dst" / "_manifest")).to_pylist()
+    per_worker = {}
+    for row in rows:
+        per_worker[row["worker"]] = per_worker.get(row["worker"], 0) + 1
+    assert len(per_worker) == 2 and min(per_worker.values()) >= 25, per_worker
+
+
+def test_a_batch_fed_again_after_a_restart_is_answered_from_its_receipt(tmp_path):
+    from pipeline.job.ray import UpscaleWorker, block_rows
+    from pipeline.spec import RunSpec
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(png(1, 8, 8))
+    spec = RunSpec(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2)
+    batch = pa.Table.from_pylist([{"uri": str(src / "a.png"), "key": "a.png", "size": 1, "version": "v1",
+                                   "output_key": "a.png", "refused": ""}])
+    plan_dir = str(tmp_path / "dst" / "_plans" / "run")
+    first = UpscaleWorker(spec, "run", "key", 1, plan_dir)(batch).to_pylist()
+    (tmp_path / "dst" / "a.png").unlink()
+    again = UpscaleWorker(spec, "run", "key", 1, plan_dir)(batch).to_pylist()  # a restarted actor
+    assert again == first and first[0]["status"] == "ok"
+    assert not (tmp_path / "dst" / "a.png").exists()  # not done again
+    assert [block_rows(n, w, 4) for n, w in ((200, 2), (9_999, 8), (1_000_000, 8), (3, 2), (0, 2))] == \
+        [28, 316, 10_000, 4, 4]
 
 
 def test_ctrl_c_on_a_ray_run_keeps_the_rows_of_every_written_output(tmp_path):

@@ -18,6 +18,7 @@ import _thread
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import socket
 import sys
@@ -137,27 +138,64 @@ def _worker_engine(ray, spec, model, cpus_per: float, gpus_per: float) -> dict:
 
 
 class UpscaleWorker:
-    """A Ray Data actor: one Worker, many batches of planned images -> manifest rows."""
+    """A Ray Data actor: one Worker, many batches of planned images -> manifest rows.
 
-    def __init__(self, spec, run_id: str, config_key: str, cpus: float):
+    Each finished batch leaves a receipt (its rows) under the run's plan folder. When an
+    actor dies, Ray Data gives its whole block to the restarted actor; the batches with a
+    receipt are answered from it, so only the batch in flight is done again."""
+
+    def __init__(self, spec, run_id: str, config_key: str, cpus: float, plan_dir: str):
         import torch
 
         torch.set_num_threads(max(1, int(cpus)))
         self.worker = Worker(spec, load_spec_model(spec), run_id=run_id, config_key=config_key,
                              name=f"{socket.gethostname()}-{os.getpid()}")
+        self.receipts = f"{plan_dir}/receipts"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        records = batch.to_pylist()
+        fs = self.worker.dst_fs
+        receipt = f"{self.receipts}/{_batch_id(records)}.parquet"
+        try:
+            with fs.open(receipt, "rb") as f:
+                return pq.read_table(f)
+        except FileNotFoundError:
+            pass
         planned = [PlannedImage(store.Source(r["uri"], r["key"], r["size"], r["version"]), r["output_key"],
-                                r["refused"] or "") for r in batch.to_pylist()]
-        return to_table(self.worker.process(planned))
+                                r["refused"] or "") for r in records]
+        table = to_table(self.worker.process(planned))
+        try:
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            store.write_atomic(fs, receipt, sink.getvalue().to_pybytes())
+        except Exception as error:  # a receipt only saves work after a crash; the rows still go back
+            log.warning("could not write the batch receipt %s: %s", receipt, error)
+        return table
 
 
-def write_plan(todo, fs, plan_dir: str) -> list[str]:
-    """The to-do list as Parquet chunks under DST/_plans/<run_id>/, readable by every node."""
+def _batch_id(records: list[dict]) -> str:
+    """A name for a batch from its keys: the same batch, fed again after a restart, finds it."""
+    import hashlib
+
+    return hashlib.sha256("\0".join(r["key"] for r in records).encode()).hexdigest()[:24]
+
+
+def block_rows(todo: int, workers: int, batch: int) -> int:
+    """Plan rows per Ray Data block: about four blocks per worker, so every worker gets work
+    whatever the number of images (a block goes to one actor), in whole batches, at most
+    resume.CHUNK (the planning files' size)."""
+    per_block = math.ceil(todo / (4 * max(1, workers))) if todo else batch
+    return min(resume.CHUNK, max(batch, math.ceil(per_block / batch) * batch))
+
+
+def write_plan(todo, fs, plan_dir: str, rows: int = resume.CHUNK) -> list[str]:
+    """The to-do list as Parquet chunks of `rows` under DST/_plans/<run_id>/, readable by every node."""
     import pyarrow.parquet as pq
 
     paths = []
-    for index, chunk in enumerate(resume.chunks(todo, resume.CHUNK)):
+    for index, chunk in enumerate(resume.chunks(todo, rows)):
         if not paths:
             fs.makedirs(plan_dir, exist_ok=True)
         table = pa.Table.from_pylist([{"uri": p.source.uri, "key": p.source.key, "size": p.source.size,
@@ -204,7 +242,7 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
     engine_record = {"workers": workers, "cpus_per_worker": cpus_per, "gpus_per_worker": gpus_per, **engine}
     with recording(sink, executor="ray", engine=engine_record,
                    before_close=lambda: _remove_plan(info.dst_fs, plan_dir, info.dst_root)) as outcome:
-        paths = write_plan(p.todo, info.dst_fs, plan_dir)
+        paths = write_plan(p.todo, info.dst_fs, plan_dir, block_rows(len(p.todo), workers, spec.batch_images))
         if paths:
             # Not ray.data.read_parquet: its file listing is a task of 1 CPU that Ray Data does not let
             # us size, and on nodes the actors have filled to 0.5 CPU it never starts (the run stalled).
@@ -214,7 +252,7 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
             results = dataset.map_batches(
                 UpscaleWorker,
                 fn_constructor_kwargs={"spec": spec, "run_id": info.run_id, "config_key": info.config_key,
-                                       "cpus": cpus_per},
+                                       "cpus": cpus_per, "plan_dir": plan_dir},
                 batch_size=spec.batch_images,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=workers),
