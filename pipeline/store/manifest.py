@@ -153,12 +153,11 @@ def write_file(fs, dst_root: str, relative: str, data: bytes) -> str:
 
 def read_manifest(fs, dst_root: str) -> pa.Table:
     """All rows of all runs under a destination (run_id restored from the partition)."""
-    import pyarrow.dataset as ds
-
     root = manifest_dir(dst_root)
     files = [p for p in fs.find(root) if p.endswith(".parquet")] if fs.exists(root) else []
     if not files:
         return SCHEMA.empty_table()
+    import pyarrow.dataset as ds  # half a second of imports (pandas): only when there is a manifest
     # The schema is given, not inferred from one file: parts written before a column
     # existed read it as null.
     dataset = ds.dataset(files, schema=SCHEMA, filesystem=fs, format="parquet", partitioning="hive",
