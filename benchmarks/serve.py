@@ -13,7 +13,9 @@ process, asyncio httpx clients:
               are expected, 5xx are not; latency of the accepted ones must stay bounded;
 - unbatched:  the load phase again on a server started with `--max-batch 1`.
 
-RSS of the server before and after (no growth), throughput (images/s), p50/p95/p99 latency.
+RSS of the server before and after (no growth), throughput (images/s), p50/p95/p99 latency,
+and the engine's speed inside the server during each phase (images over the seconds spent in
+Upscaler.upscale: immune to the drift of a shared machine, which the separate figures are not).
 Prints one JSON object. Images: scikit-image's photographs, cropped to `--size` pixels.
 
     python benchmarks/serve.py [--requests 300] [--clients 16] [--size 128] [--model edsr-x2]
@@ -137,6 +139,24 @@ async def send_all(url: str, files: list[bytes], expected: list[bytes] | None, c
             **percentiles(latencies)}
 
 
+def server_counters(url: str) -> dict:
+    wanted = ("upscaler_batches_total", "upscaler_batch_images_total", "upscaler_infer_seconds_sum")
+    lines = [line.split() for line in httpx.get(url + "/metrics").text.splitlines() if line.startswith(wanted)]
+    return {name: float(value) for name, value in lines if name in wanted}
+
+
+def engine_inside(before: dict, after: dict, phase: dict) -> dict:
+    """The engine's speed during the phase, in the server itself: images over the seconds its
+    inference threads spent in Upscaler.upscale (the same images, threads and moment as the
+    service figure, so the machine's drift cancels); `busy` is the model's share of the wall time."""
+    images = after["upscaler_batch_images_total"] - before["upscaler_batch_images_total"]
+    seconds = after["upscaler_infer_seconds_sum"] - before["upscaler_infer_seconds_sum"]
+    calls = after["upscaler_batches_total"] - before["upscaler_batches_total"]
+    rate = images / seconds
+    return {"images_per_second": round(rate, 3), "images_per_call": round(images / calls, 2),
+            "service_vs_engine": round(phase["images_per_second"] / rate, 3)}
+
+
 def percentiles(latencies: list[float]) -> dict:
     if not latencies:
         return {}
@@ -176,8 +196,11 @@ def main() -> None:
 
     server = Server(args, args.max_batch)
     expected = [httpx.post(server.url + "/v1/upscale", content=d, timeout=120).content for d in files]  # unbatched
+    asyncio.run(send_all(server.url, files, expected, args.clients, 2 * args.clients))  # warm-up: pools, arenas
     rss_before = server.rss_mib()
+    inside = server_counters(server.url)
     report["load"] = asyncio.run(send_all(server.url, files, expected, args.clients, args.requests))
+    report["load"]["engine_inside_server"] = engine_inside(inside, server_counters(server.url), report["load"])
     rss_after_load = server.rss_mib()
     report["overload"] = asyncio.run(overload(server.url, files, expected, args.overload_waves, 2 * args.queue_size))
     report["server_rss_mib"] = {"before": rss_before, "after_load": rss_after_load, "after_overload": server.rss_mib()}
@@ -188,7 +211,10 @@ def main() -> None:
     engine.append(engine_speed(files, args.model, args.engine_images, args.max_batch))
 
     server = Server(args, 1)
+    inside = server_counters(server.url)
     report["load_unbatched"] = asyncio.run(send_all(server.url, files, expected, args.clients, args.requests))
+    report["load_unbatched"]["engine_inside_server"] = engine_inside(inside, server_counters(server.url),
+                                                                     report["load_unbatched"])
     server.stop()
     engine.append(engine_speed(files, args.model, args.engine_images, args.max_batch))
     report["engine"] = engine
