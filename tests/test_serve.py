@@ -377,7 +377,8 @@ def test_overload_gives_429_with_retry_after_no_5xx_and_every_accepted_answer_is
 # ----------------------------------------------------------------------------- SIGTERM
 
 
-def test_sigterm_finishes_requests_in_flight_refuses_new_ones_with_503_and_exits_0_cors_for_one_origin(tmp_path):
+def test_sigterm_finishes_requests_in_flight_refuses_new_ones_with_503_and_exits_0(tmp_path):
+    """Also on this server: CORS for its one --cors-origin only, and jobs disabled without --allow-prefix."""
     process = ServerProcess("--no-auth", "--model", "edsr-x2", "--max-batch", "1", "--cors-origin",
                             "http://page.example", log=tmp_path / "server.log")
     process.wait_ready()
@@ -386,6 +387,8 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_with_503_and_exits
     assert allowed.headers["access-control-allow-origin"] == "http://page.example"
     other = httpx.options(process.url + "/v1/upscale", headers={"Origin": "http://evil.example", **preflight})
     assert "access-control-allow-origin" not in other.headers
+    disabled = httpx.post(process.url + "/v1/jobs", json={"src": str(tmp_path), "dst": str(tmp_path / "out")})
+    assert disabled.status_code == 403 and "without --allow-prefix" in disabled.json()["error"]
     images = [png_bytes(photo(160, 160, seed=20 + i)) for i in range(4)]
     results: list = [None] * len(images)
 
