@@ -69,7 +69,7 @@ def keyfile(tmp_path_factory):
 def server(keyfile, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     process = ServerProcess("--keys", keyfile[0], "--model", "edsr-x2", "--queue-size", str(QUEUE),
-                            "--max-batch", "4", "--batch-wait-ms", "50", "--max-upload-bytes", str(MAX_UPLOAD),
+                            "--max-batch", "4", "--batch-wait-ms", "100", "--max-upload-bytes", str(MAX_UPLOAD),
                             "--max-pixels", str(MAX_PIXELS), "--allow-prefix", str(folder / "allowed"),
                             "--allow-prefix", "s3://allowed-bucket/in", log=folder / "server.log")
     try:
