@@ -8,6 +8,8 @@
     keys       API keys: hashes in a file, re-read when it changes
     limits     per-key rate and concurrency, the admission queue, the body limit
     upload     the image in a raw or multipart body, in memory
+    errors     ApiError: a status and one line, as every refusal is answered
+    docs       the offline /docs page
     jobs       batch jobs as `upscaler run` processes (run_job), progress, reports
     prefixes   where jobs may read and write
     metrics    Prometheus counters, gauges, histograms

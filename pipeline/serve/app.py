@@ -29,8 +29,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipeline import __version__
 from pipeline.errors import one_line_text
 from pipeline.serve import docs, single
+from pipeline.serve.batching import Batcher
 from pipeline.serve.config import MAX_SCALE, SCALES, ServeConfig
 from pipeline.serve.errors import ApiError
+from pipeline.serve.jobs import JobManager
+from pipeline.serve.keys import KeyStore
 from pipeline.serve.limits import Admission, ConcurrencyLimiter, RateLimiter, read_body
 from pipeline.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from pipeline.serve.presets import Presets, public_name
