@@ -370,3 +370,26 @@ def test_a_key_over_its_concurrency_gets_429_and_the_page_retries_after_retry_af
     assert "Queued: the server is busy, retrying in 1 s" in seen, seen
     assert page.locator(".result[data-state=done] .result-meta").first.inner_text().startswith("64×64 → 256×256")
     auth_watched.assert_clean(expected_error_statuses=[401, 429])
+
+
+def test_plain_upscaler_serve_prints_a_session_key_in_the_pages_address_and_the_page_takes_it(browser, workdir):
+    """`upscaler serve` with no --keys: not open (no key, 401), and the printed address
+    (`#key=...`, a fragment the browser never sends) opens the page signed in, then drops the key
+    from the address bar."""
+    server = Server([], workdir / "plain-server.log")
+    try:
+        (address,) = re.findall(r"(http://\S+#key=ups_[A-Za-z0-9_-]{20,})", server.log_path.read_text())
+        assert httpx.get(f"{server.url}/v1/whoami").status_code == 401
+        watched = Watched(browser, server.url)
+        page = watched.page
+        page.goto(address)
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.inner_text("#identity-name") == "session"
+        assert "key=" not in page.url
+        _upload(page, [_save_noise(workdir / "uploads" / "session.png", 16, 16, seed=9)])
+        page.wait_for_selector(".result[data-state=done]")
+        assert not any("key=" in url for url in watched.requests)  # never sent
+        watched.assert_clean()
+        watched.close()
+    finally:
+        server.stop()

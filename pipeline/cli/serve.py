@@ -25,11 +25,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                             "the scale, no anime preset)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: %(default)s)")
     serve.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                       help="default: %(default)s (fp32 on CPU, bf16/fp16 on CUDA)")
+                       help="default: %(default)s (bf16 on CPUs with native bf16 and on CUDA, else fp32/fp16; "
+                            "images deeper than 8 bits in fp32)")
     serve.add_argument("--workers", type=int, default=1,
                        help="inference threads, each with its own copy of the model (default: %(default)s)")
     serve.add_argument("--keys", default=None, metavar="FILE",
-                       help="the API keys file, re-read when it changes (default: none; needed unless --no-auth)")
+                       help="the API keys file, re-read when it changes (default: none: a key for this session "
+                            "only, printed with the page's address)")
     serve.add_argument("--no-auth", action="store_true",
                        help="no keys: every /v1 route is open; refused unless --host is a loopback address")
     serve.add_argument("--max-upload-bytes", type=int, default=defaults.DEFAULT_MAX_UPLOAD_BYTES, metavar="N",
@@ -92,9 +94,12 @@ def command(args) -> int:
     from pipeline.serve.config import ServeConfig, parse_model_option
     from pipeline.serve.prefixes import normalise_prefix
 
+    keys_file, session_key = args.keys, None
+    if not args.keys and not args.no_auth:
+        keys_file, session_key = _session_keys()
     config = ServeConfig(
         host=args.host, port=args.port, models=parse_model_option(args.model), device=args.device,
-        precision=args.precision, workers=args.workers, keys_file=args.keys, no_auth=args.no_auth,
+        precision=args.precision, workers=args.workers, keys_file=keys_file, no_auth=args.no_auth,
         max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels,
         time_limit=args.time_limit, queue_size=args.queue_size, max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms, allow_prefixes=tuple(normalise_prefix(p) for p in args.allow_prefix),
@@ -111,13 +116,33 @@ def command(args) -> int:
         presets.load(spec, 4)
     app = create_app(config, presets=presets)
     keys = "no auth (loopback only)" if config.no_auth else f"keys from {config.keys_file}"
+    if session_key:
+        keys = "a key for this session only; --keys FILE for lasting ones"
     if app.state.service.keys is not None and not len(app.state.service.keys):
         print(f"upscaler serve: {config.keys_file} has no keys yet: every /v1 request is refused until "
               f"`upscaler serve keys add NAME --keys {config.keys_file}`", file=sys.stderr)
     jobs = f"jobs under {', '.join(config.allow_prefixes)}" if config.jobs_enabled else "jobs disabled"
-    print(f"upscaler serve: http://{config.host}:{config.port}/ ({keys}; {jobs})", file=sys.stderr, flush=True)
+    page = f"http://{config.host}:{config.port}/" + (f"#key={session_key}" if session_key else "")
+    print(f"upscaler serve: {page} ({keys}; {jobs})", file=sys.stderr, flush=True)
+    if session_key:
+        print(f"upscaler serve: API key for this session: {session_key}", file=sys.stderr, flush=True)
     serve(app)
     return EXIT_OK
+
+
+def _session_keys() -> tuple[str, str]:
+    """With no --keys: one key, upscale and jobs, in a private file removed at exit. The
+    page's address carries it in the fragment, which the browser keeps to itself."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from pipeline.serve import keys
+
+    folder = tempfile.mkdtemp(prefix="upscaler-serve-")  # 0700: this user only
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = f"{folder}/keys.json"
+    return path, keys.add_key(path, "session", jobs=True)
 
 
 def _keys(args) -> int:

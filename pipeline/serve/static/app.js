@@ -11,8 +11,19 @@ const LIVE_JOB_STATES = new Set(["queued", "running", "cancelling"]);
 
 const $ = (id) => document.getElementById(id);
 
+// `upscaler serve` without --keys prints the page's address with a key for this session in the
+// fragment (#key=...), which browsers never send to the server: keep it, then drop it from the address bar.
+function keyFromAddress() {
+  const key = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (key) {
+    localStorage.setItem(KEY_STORAGE, key);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return key;
+}
+
 const state = {
-  key: localStorage.getItem(KEY_STORAGE) || "",
+  key: keyFromAddress() || localStorage.getItem(KEY_STORAGE) || "",
   permissions: [],
   limits: { maxUploadBytes: null },
   items: [], // one per uploaded file, in the order shown
