@@ -225,7 +225,9 @@ def test_a_batch_fed_again_after_a_restart_is_answered_from_its_receipt(tmp_path
     spec = RunSpec(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2)
     batch = pa.Table.from_pylist([{"uri": str(src / "a.png"), "key": "a.png", "size": 1, "version": "v1",
                                    "output_key": "a.png", "refused": ""}])
-    plan_dir = str(tmp_path / "dst" / "_plans" / "run")
+    plan_dir = tmp_path / "dst" / "_plans" / "run"
+    plan_dir.mkdir(parents=True)  # as write_plan leaves it; a removed plan (the run ended) gets no receipts
+    plan_dir = str(plan_dir)
     first = UpscaleWorker(spec, "run", "key", 1, plan_dir)(batch).to_pylist()
     (tmp_path / "dst" / "a.png").unlink()
     again = UpscaleWorker(spec, "run", "key", 1, plan_dir)(batch).to_pylist()  # a restarted actor

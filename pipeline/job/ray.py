@@ -150,7 +150,7 @@ class UpscaleWorker:
         torch.set_num_threads(max(1, int(cpus)))
         self.worker = Worker(spec, load_spec_model(spec), run_id=run_id, config_key=config_key,
                              name=f"{socket.gethostname()}-{os.getpid()}")
-        self.receipts = f"{plan_dir}/receipts"
+        self.plan_dir, self.receipts = plan_dir, f"{plan_dir}/receipts"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow.parquet as pq
@@ -167,6 +167,8 @@ class UpscaleWorker:
                                 r["refused"] or "") for r in records]
         table = to_table(self.worker.process(planned))
         try:
+            if not fs.exists(self.plan_dir):  # the run has ended (Ctrl-C) and removed it: leave no litter
+                return table
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink)
             store.write_atomic(fs, receipt, sink.getvalue().to_pybytes())
