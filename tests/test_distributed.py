@@ -249,7 +249,7 @@ def test_ctrl_c_on_a_ray_run_keeps_the_rows_of_every_written_output(tmp_path):
     for i in range(24):
         (src / f"img{i:02d}.png").write_bytes(png(i, 64, 64))
     command = [sys.executable, "-m", "pipeline.cli", "run", str(src), str(dst), "--model", str(weights),
-               "--workers", "1", "--batch-size", "1", "--no-progress"]
+               "--workers", "1", "--batch-size", "1", "--precision", "fp32", "--no-progress"]  # fp32: slow enough
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 180

@@ -378,7 +378,7 @@ def test_an_interrupted_run_keeps_its_rows_and_the_same_command_finishes_it(tmp_
     src, weights = _slow_source(tmp_path)
     dst = tmp_path / "dst"
     command = [sys.executable, "-m", "pipeline.cli", "run", str(src), str(dst), "--model", weights,
-               "--executor", "local", "--batch-size", "1", "--no-progress"]
+               "--executor", "local", "--batch-size", "1", "--precision", "fp32", "--no-progress"]  # fp32: slow enough
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(dst.glob("*.png"))) < 2:

@@ -14,12 +14,12 @@ twice at most, recorded once.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import dataclasses
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -342,7 +342,9 @@ class _Watchdog:
                 self.message = (f"no image finished for {self.timeout:g} s (--stall-timeout); Ray is waiting with "
                                 f"{_available(self.ray)} free: the workers may not fit, or a model load or storage "
                                 "call hangs. The rows so far are written; the same command resumes.")
-                _thread.interrupt_main()
+                # A real SIGINT to the main thread, not _thread.interrupt_main(): a signal also wakes a
+                # blocking call (the main thread waiting inside Ray), which a simulated one does not.
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                 return
 
     def __exit__(self, kind, error, traceback) -> bool:
