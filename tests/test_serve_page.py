@@ -7,10 +7,8 @@ that the page asked nothing of any host but its server and logged no console err
 import io
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -18,6 +16,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.serving import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
@@ -28,51 +28,20 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 30_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _save_noise(path: Path, width: int, height: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
     return path
 
 
-class Server:
-    """`upscaler serve` as a subprocess on a free loopback port, ready once /readyz says so."""
-
-    def __init__(self, args: list[str], log_path: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"upscaler serve did not become ready:\n{log_path.read_text()[-4000:]}")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()  # our own child, by its pid
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+def Server(args: list[str], log_path: Path) -> ServerProcess:
+    """`upscaler serve` on a free loopback port, ready once /readyz says so."""
+    server = ServerProcess("--host", "127.0.0.1", *args, log=log_path)
+    try:
+        return server.wait_ready(timeout=120)
+    except RuntimeError:
+        server.stop()
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +347,7 @@ def test_plain_upscaler_serve_prints_a_session_key_in_the_pages_address_and_the_
     from the address bar."""
     server = Server([], workdir / "plain-server.log")
     try:
-        (address,) = re.findall(r"(http://\S+#key=ups_[A-Za-z0-9_-]{20,})", server.log_path.read_text())
+        (address,) = re.findall(r"(http://\S+#key=ups_[A-Za-z0-9_-]{20,})", server.log.read_text())
         assert httpx.get(f"{server.url}/v1/whoami").status_code == 401
         watched = Watched(browser, server.url)
         page = watched.page
