@@ -7,9 +7,9 @@ itself through fsspec and returns only the manifest rows. Pixels never travel th
 Ray's object store.
 
 Faults: actors restart when their process dies (max_restarts), and Ray Data re-executes
-the batch they held; an output is written under its final key atomically and the
-driver records a row only when a batch's result arrives, so a retried image is written
-twice at most, recorded once.
+the block they held, whose finished batches are answered from their receipts; an output
+is written under its final key atomically and the driver records a row only when a
+block's result arrives, so a retried image is written twice at most, recorded once.
 """
 
 from __future__ import annotations
