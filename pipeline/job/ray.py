@@ -318,23 +318,32 @@ def _without_lines(marker: bytes):
 
 class _Watchdog:
     """Ends a run that makes no progress: when no batch has arrived for `timeout` seconds it
-    interrupts the driver's main thread, which then leaves Ray Data's iterator the normal
-    way (so its executor shuts down) and raises StalledError. Only in the main thread (a
-    library caller in another thread gets no watchdog)."""
+    sends the driver's main thread a signal of its own (SIGUSR1, handled only while the
+    watchdog runs), whose handler raises StalledError there: the main thread then leaves Ray
+    Data's iterator the normal way (so its executor shuts down), even from a blocking call.
+    Not SIGINT: a job started in the background by a shell ignores SIGINT, and so would the
+    watchdog. Only in the main thread (a library caller in another thread gets no watchdog)."""
 
     def __init__(self, timeout: float, ray):
         self.timeout, self.ray = timeout, ray
         self.last, self.message = time.monotonic(), ""
         self.stopped = threading.Event()
-        self.active = bool(timeout) and threading.current_thread() is threading.main_thread()
+        self._lock = threading.Lock()  # no signal once __exit__ has begun restoring the handler
+        self.active = (bool(timeout) and threading.current_thread() is threading.main_thread()
+                       and hasattr(signal, "pthread_kill"))
+        self._previous = None
 
     def __enter__(self) -> "_Watchdog":
         if self.active:
+            self._previous = signal.signal(signal.SIGUSR1, self._stall)
             threading.Thread(target=self._watch, name="stall-watchdog", daemon=True).start()
         return self
 
     def beat(self) -> None:
         self.last = time.monotonic()
+
+    def _stall(self, signum, frame):
+        raise StalledError(self.message)
 
     def _watch(self) -> None:
         while not self.stopped.wait(min(1.0, self.timeout)):
@@ -342,15 +351,16 @@ class _Watchdog:
                 self.message = (f"no image finished for {self.timeout:g} s (--stall-timeout); Ray is waiting with "
                                 f"{_available(self.ray)} free: the workers may not fit, or a model load or storage "
                                 "call hangs. The rows so far are written; the same command resumes.")
-                # A real SIGINT to the main thread, not _thread.interrupt_main(): a signal also wakes a
-                # blocking call (the main thread waiting inside Ray), which a simulated one does not.
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                with self._lock:
+                    if not self.stopped.is_set():
+                        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
                 return
 
     def __exit__(self, kind, error, traceback) -> bool:
-        self.stopped.set()
-        if kind is KeyboardInterrupt and self.message:
-            raise StalledError(self.message) from None
+        with self._lock:
+            self.stopped.set()
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
         return False
 
 
