@@ -401,13 +401,12 @@ class Upscaler:
         limit = self.budget // max(1, self.bytes_per_pixel * shape[0] * shape[1])
         return int(max(1, min(MAX_BATCH, limit)))
 
-    def _forward(self, batch: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Model forward on a batch of tiles (N, C, h, w) float32 -> float32 on the
         engine's device (the stitcher moves it where the image is assembled)."""
         h, w = batch.shape[-2:]
         batch, crop = self._pad_to_requirements(batch)
         started = time.perf_counter()
-        dtype = dtype or self.dtype
         module = self.module if dtype == self.dtype else self._module_fp32()
         out = self._run(module, batch, dtype).float()
         if dtype != torch.float32:

@@ -143,8 +143,8 @@ class Batcher:
             item.started = started
         try:
             upscaler = self._engine(engines, batch[0].spec)
-            for work in works:  # what a run's worker records, and the DICOM derivation's seed
-                work.row.precision, work.row.device = upscaler.info["precision"], upscaler.info["device"]
+            for work in works:  # what a run's worker records (infer adds each image's precision), the DICOM seed
+                work.row.device = upscaler.info["device"]
                 work.row.config_key = batch[0].spec.config_key(upscaler.model, upscaler.info)
             infer(works, upscaler, batch[0].spec.scale, self.time_limit)
         except Exception as error:  # infer keeps an image's failure in its row; this is the engine itself
