@@ -46,6 +46,7 @@ class RunSpec:
     tile: int | None = _setting(group="inference", output=True)  # None = auto (deterministic), 0 = whole image
     overlap: int | None = _setting(group="inference", output=True)  # None = the model's
     precision: str = _setting("auto", group="inference", output=True)
+    compile: bool = _setting(False, group="inference", output=True)  # torch.compile: kernels differ in rounding
     device: str = _setting("auto", group="inference")
     time_limit: float | None = _setting(group="inference")  # seconds per image
     batch_images: int = _setting(4, group="inference")
@@ -105,6 +106,8 @@ class RunSpec:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["output"]}
         values.update(model=model.sha256 or model.name, scale=float(self.scale or model.scale),
                       tile=engine["tile"], overlap=engine["overlap"], precision=engine["precision"])
+        if not self.compile:  # in the key only when set, so runs made before the option keep their key
+            values.pop("compile")
         deep = engine.get("precision_above_8_bits", engine["precision"])
         if deep != engine["precision"]:  # `auto`'s bf16 with 16-bit images in fp32 is not `--precision bf16`
             values["precision_above_8_bits"] = deep

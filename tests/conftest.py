@@ -51,3 +51,18 @@ def save_edsr(path, *, feat: int = 8, blocks: int = 2, scale: int = 2, seed: int
     save_model(LoadedModel(name="edsr-test", arch="EDSR", module=module, scale=scale, in_channels=3, out_channels=3,
                            config={"num_feat": feat, "num_block": blocks, "res_scale": 1.0, "scale": scale}), str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_calibration_cache(tmp_path_factory):
+    """A calibration the developer stored (`upscaler calibrate`) changes automatic tiles:
+    tests (and the processes they start) see an empty cache of their own."""
+    import os
+
+    previous = os.environ.get("UPSCALER_CACHE")
+    os.environ["UPSCALER_CACHE"] = str(tmp_path_factory.mktemp("calibration"))
+    yield
+    if previous is None:
+        os.environ.pop("UPSCALER_CACHE", None)
+    else:
+        os.environ["UPSCALER_CACHE"] = previous

@@ -27,7 +27,8 @@ def command(args) -> int:
 
     model = args.model or default_model(args.scale)
     result = evaluate(args.hr, args.scale, model, lr=args.lr,
-                      device=args.device, precision=args.precision, tile=args.tile, overlap=args.overlap)
+                      device=args.device, precision=args.precision, tile=args.tile, overlap=args.overlap,
+                      compile=args.compile)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

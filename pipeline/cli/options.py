@@ -166,9 +166,14 @@ def add_engine_options(p: argparse.ArgumentParser, scale: bool = True, *, overri
     g.add_argument("--overlap", type=int, default=d(None),
                    help=h("tile overlap in input pixels (default: the model's)"))
     g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default=d("auto"),
-                   help=h("floating-point precision; default: auto (fp32 on CPU; on CUDA bf16 where the card and model support it, else fp16)"))
+                   help=h("floating-point precision; default: auto (bf16 on CPUs with native bf16, AVX512-BF16 or AMX, "
+                          "else fp32; on CUDA bf16 where the card and model support it, else fp16; images deeper "
+                          "than 8 bits in fp32)"))
     g.add_argument("--fp32", dest="precision", action="store_const", const="fp32", default=d(None),
                    help="same as --precision fp32")
+    g.add_argument("--compile", action="store_true", default=d(False),
+                   help=h("torch.compile the model (CUDA graphs on CUDA): each tile shape compiles once, tens of "
+                          "seconds; pays off on long runs with a fixed --tile (default: off)"))
     g.add_argument("--device", default=d("auto"),
                    help=h("auto, cpu, cuda, cuda:1 ... (default: auto, the first CUDA GPU if there is one, else the CPU)"))
 
@@ -273,7 +278,7 @@ def config_from_args(args):
     dst, output_format = _destination(args)
     return RunSpec(
         src=args.src, dst=dst, model=args.model, scale=args.scale,
-        tile=args.tile, overlap=args.overlap, precision=args.precision, format=output_format,
+        tile=args.tile, overlap=args.overlap, precision=args.precision, compile=args.compile, format=output_format,
         quality=args.quality, compress_level=args.compress_level, reference=args.reference, include=tuple(args.include),
         exclude=tuple(args.exclude), max_pixels=args.max_pixels or formats.DEFAULT_MAX_PIXELS,
         batch_images=max(1, getattr(args, "batch_size", 4)), device=args.device, run_id=args.run_id,

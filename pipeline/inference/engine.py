@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from pipeline.models import LoadedModel
+from pipeline.inference import calibration
 from pipeline.inference.resize import ResizePlan, resize_torch
 from pipeline.inference.tiling import Stitcher, Tile, plan_tiles
 
@@ -172,6 +173,7 @@ class Upscaler:
         overlap: int | None = None,
         batch_size: int | None = None,
         memory_budget_bytes: int | None = None,
+        compile: bool = False,
     ):
         self.model = model
         self.device = pick_device(device)
@@ -189,8 +191,10 @@ class Upscaler:
         self.budget = memory_budget_bytes or memory_budget(self.device)
         self.stats = EngineStats()
         self._oom_tile: int | None = None  # lowered by an out-of-memory retry, for this engine from then on
+        self.compile = bool(compile) and not self.interpolation
         self.module = self._private_module(self.dtype)
         self._fp32_module = self.module if self.dtype == torch.float32 else None
+        self._compiled = compiled(self.module, self.device) if self.compile else None
         # Activation bytes per input pixel: a few feature maps alive at once,
         # the widest at the upsampled resolution.
         width = _model_width(self.module)
@@ -200,6 +204,9 @@ class Upscaler:
         self.min_tile = _round_up(max(MIN_TILE, 2 * self.overlap, model.min_size), m)
         if self.requested_tile is not None and not self.interpolation:
             self._check_tile(self.requested_tile)
+        # What `upscaler calibrate` measured fastest here, if it did (inference/calibration.py).
+        self.tuned_tile, self.tuned_batch = (None, None) if self.interpolation else calibration.tuned(
+            model.sha256 or model.name, calibration.device_name(self.device), self.precision)
 
     def _check_tile(self, tile: int) -> None:
         if tile < 0:
@@ -224,6 +231,8 @@ class Upscaler:
             "precision_above_8_bits": self.deep_precision,
             "tile": "auto" if self.requested_tile is None else self.requested_tile,
             "overlap": self.overlap,
+            **({"compile": True} if self.compile else {}),
+            **({"calibrated_tile": self.tuned_tile} if self.tuned_tile and self.requested_tile is None else {}),
         }
 
     def precision_for(self, dtype) -> str:
@@ -235,12 +244,18 @@ class Upscaler:
         s = self.model.scale if scale is None else scale
         return max(1, round(height * s)), max(1, round(width * s))
 
-    def auto_tile(self) -> int:
+    def memory_tile(self) -> int:
         """Largest tile whose activations fit the memory budget at batch size 1,
         grown where needed to hold the overlap and the model's minimum."""
         side = math.isqrt(int(self.budget // self.bytes_per_pixel))
         m = max(1, self.model.size_multiple)
         return max(self.min_tile, side // m * m)
+
+    def auto_tile(self) -> int:
+        """The tile `calibrate` measured fastest on this kind of device, where it did,
+        never above what memory allows; else the largest that fits."""
+        limit = self.memory_tile()
+        return max(self.min_tile, min(self.tuned_tile, limit)) if self.tuned_tile else limit
 
     def tiling_for(self, height: int, width: int) -> tuple[int, int]:
         """(tile, overlap) that a model pass over an input of this size runs
@@ -398,6 +413,11 @@ class Upscaler:
             return 1
         if self.batch_size:
             return self.batch_size
+        limit = self.memory_batch(shape)
+        return min(limit, self.tuned_batch) if self.tuned_batch else limit
+
+    def memory_batch(self, shape: tuple[int, int]) -> int:
+        """Tiles of this shape whose activations fit the memory budget together (at most MAX_BATCH)."""
         limit = self.budget // max(1, self.bytes_per_pixel * shape[0] * shape[1])
         return int(max(1, min(MAX_BATCH, limit)))
 
@@ -407,7 +427,12 @@ class Upscaler:
         h, w = batch.shape[-2:]
         batch, crop = self._pad_to_requirements(batch)
         started = time.perf_counter()
-        module = self.module if dtype == self.dtype else self._module_fp32()
+        if dtype != self.dtype:
+            module = self._module_fp32()
+        else:
+            module = self.module if self._compiled is None else self._compiled
+            if self._compiled is not None and self.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are stitched already
         out = self._run(module, batch, dtype).float()
         if dtype != torch.float32:
             bad = ~torch.isfinite(out).flatten(1).all(dim=1)
@@ -455,6 +480,15 @@ class Upscaler:
             return batch, False
         mode = "reflect" if ph - h < h and pw - w < w else "replicate"
         return torch.nn.functional.pad(batch, (0, pw - w, 0, ph - h), mode=mode), True
+
+
+def compiled(module: torch.nn.Module, device: torch.device):
+    """`torch.compile` for the repeated tile shapes of a run (each new shape compiles once):
+    on CUDA with CUDA graphs (a forward pass's kernel launches replayed as one), on a CPU
+    with frozen weights (oneDNN's prepacked convolutions). The fp32 fallback for tiles with
+    NaN or Inf stays eager: it is rare, and a compile would cost more than it saves."""
+    options = {"triton.cudagraphs": True} if device.type == "cuda" else {"freezing": True}
+    return torch.compile(module, dynamic=False, options=options)
 
 
 @dataclass

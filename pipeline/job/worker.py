@@ -25,7 +25,8 @@ from pipeline.stages.write import local_output_dir, write
 
 
 def build_upscaler(spec, model: LoadedModel) -> Upscaler:
-    return Upscaler(model, device=spec.device, precision=spec.precision, tile=spec.tile, overlap=spec.overlap)
+    return Upscaler(model, device=spec.device, precision=spec.precision, tile=spec.tile, overlap=spec.overlap,
+                    compile=spec.compile)
 
 
 class Worker:

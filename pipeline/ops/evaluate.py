@@ -52,11 +52,12 @@ def evaluate(
     precision: str = "auto",
     tile: int | None = None,
     overlap: int | None = None,
+    compile: bool = False,
     storage_options: dict | None = None,
 ) -> dict:
     loaded = load_model(model, scale=max(1, round(scale)), storage_options=storage_options)
     crop, shave = protocol_crop(scale), math.ceil(scale)
-    upscaler = Upscaler(loaded, device=device, precision=precision, tile=tile, overlap=overlap)
+    upscaler = Upscaler(loaded, device=device, precision=precision, tile=tile, overlap=overlap, compile=compile)
     lr_files = _lr_index(lr, storage_options) if lr else {}
     images = []
     for source in store.list_sources(hr, storage_options=storage_options):

@@ -14,34 +14,12 @@ Device-seconds = output megapixels / (Mpx/s); cost = device-hours * --gpu-hour-p
 from __future__ import annotations
 
 import io
-import json
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+
+from pipeline.inference import calibration
 
 DEFAULT_MPX_PER_SECOND = {"cpu": 0.5, "cuda": 20.0}
-
-
-def cache_path() -> Path:
-    root = os.environ.get("UPSCALER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "upscaler")
-    return Path(root) / "calibration.json"
-
-
-def device_name(device: str) -> str:
-    import torch
-
-    from pipeline.inference.engine import pick_device
-
-    picked = pick_device(device)
-    if picked.type == "cuda":
-        return "cuda:" + torch.cuda.get_device_name(picked.index or 0)
-    return "cpu"
-
-
-def calibration_key(model_id: str, device: str) -> str:
-    return f"{model_id}|{device}"
 
 
 @dataclass
@@ -51,28 +29,31 @@ class Throughput:
 
 
 def throughput(model_id: str, device: str) -> Throughput:
-    try:
-        table = json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        table = {}
-    entry = table.get(calibration_key(model_id, device))
-    if entry:
-        return Throughput(entry["mpx_per_second"], f"calibrated {entry['measured_at']} ({cache_path()})")
+    entry = calibration.lookup(model_id, device)
+    if entry and "mpx_per_second" in entry:
+        return Throughput(entry["mpx_per_second"], f"calibrated {entry['measured_at']} ({calibration.cache_path()})")
     kind = "cuda" if device.startswith("cuda") else "cpu"
     return Throughput(DEFAULT_MPX_PER_SECOND[kind],
                       f"default for {kind} (no calibration for this model on {device}: run `upscaler calibrate`)")
 
 
 def calibrate(model_spec: str, device: str = "auto", tile: int | None = None, precision: str = "auto",
-              seconds: float = 10.0, size: int = 256) -> dict:
-    """Time the engine on a synthetic photo-like image until `seconds` pass; store Mpx/s."""
+              seconds: float = 10.0, size: int = 256, compile: bool = False) -> dict:
+    """Without `tile`, first find the fastest tile (and batch size on CUDA) for the engine to
+    use from now on (calibration.measure_tiles, half the time); then time the engine on a
+    synthetic photo-like image until `seconds` pass; store Mpx/s for `plan`."""
     import numpy as np
 
     from pipeline.inference.engine import Upscaler
     from pipeline.models import load_model
 
     model = load_model(model_spec)
-    upscaler = Upscaler(model, device=device, precision=precision, tile=tile)
+    upscaler = Upscaler(model, device=device, precision=precision, tile=tile, compile=compile)
+    tuning = {}
+    if tile is None and not upscaler.interpolation:
+        seconds /= 2
+        tuning = calibration.measure_tiles(upscaler, seconds)
+        upscaler.tuned_tile, upscaler.tuned_batch = tuning["best_tile"], tuning["best_batch"]
     yy, xx = np.mgrid[0:size, 0:size] / size
     image = np.stack([np.sin(8 * xx + k) * np.cos(6 * yy) * 100 + 128 for k in range(3)], axis=2).astype(np.uint8)
     upscaler.upscale([image])  # warm-up
@@ -81,18 +62,12 @@ def calibrate(model_spec: str, device: str = "auto", tile: int | None = None, pr
         out = upscaler.upscale([image])[0]
         done += out.shape[0] * out.shape[1] / 1e6
     mpx_per_second = done / (time.perf_counter() - started)
-    name = device_name(str(upscaler.device))
-    entry = {"model": model.name, "model_id": model.sha256 or model.name, "device": name,
-             "tile": upscaler.info["tile"], "precision": upscaler.precision,
-             "mpx_per_second": round(mpx_per_second, 4), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
-    table[calibration_key(entry["model_id"], name)] = entry
-    path.write_text(json.dumps(table, indent=2, sort_keys=True))
+    entry = {"model": model.name, "model_id": model.sha256 or model.name,
+             "device": calibration.device_name(upscaler.device), "tile": upscaler.info["tile"],
+             "precision": upscaler.precision, "compile": upscaler.compile,
+             "mpx_per_second": round(mpx_per_second, 4), **tuning,
+             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = calibration.store(entry)
     return {**entry, "cache": str(path)}
 
 
@@ -163,7 +138,7 @@ def estimate(spec, *, gpu_hour_price: float | None = None, include_quarantined: 
             continue
         mpx_in += size[0] * size[1] / 1e6
         mpx_out += round(size[0] * scale) * round(size[1] * scale) / 1e6
-    device = device_name(str(upscaler.device))
+    device = calibration.device_name(upscaler.device)
     speed = throughput(model.sha256 or model.name, device)
     seconds = mpx_out / speed.mpx_per_second
     return Estimate(

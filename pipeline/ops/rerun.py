@@ -30,7 +30,7 @@ from pipeline.store import manifest
 
 
 # The recorded settings `upscaler rerun` may replace (RunSpec field names).
-OVERRIDABLE = ("format", "model", "scale", "tile", "overlap", "precision", "quality", "device")
+OVERRIDABLE = ("format", "model", "scale", "tile", "overlap", "precision", "compile", "quality", "device")
 
 
 @dataclass
