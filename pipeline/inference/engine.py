@@ -291,8 +291,8 @@ class Upscaler:
         upscaled: list[torch.Tensor | None] = [None] * len(prepared)
         for precision in dict.fromkeys(self.precision_for(img.dtype) for img in images):
             indices = [i for i, img in enumerate(images) if self.precision_for(img.dtype) == precision]
-            for i, out in zip(indices, self._model_passes([prepared[i].color() for i in indices], target, deadline,
-                                                          _DTYPES[precision])):
+            colors = [prepared[i].color(self._input_device(prepared[i])) for i in indices]
+            for i, out in zip(indices, self._model_passes(colors, target, deadline, _DTYPES[precision])):
                 upscaled[i] = out
         check = None if deadline is None else partial(_check, deadline, "between bands of the alpha resize")
         results = []
@@ -394,6 +394,13 @@ class Upscaler:
                 for (i, t), upscaled in zip(chunk, out):
                     stitchers[i].add(t, upscaled)
         return [st.result() for st in stitchers]
+
+    def _input_device(self, p: "_Prepared") -> torch.device | None:
+        """The GPU for an image whose float32 input takes under a tenth of the memory budget
+        (it goes up once, its tiles are cut there); None keeps it in host memory."""
+        if self.device.type == "cuda" and 4 * 3 * p.height * p.width < self.budget // 10:
+            return self.device
+        return None
 
     def _stitch_device(self, output_values: int) -> torch.device:
         """Where an image's output is assembled: on the GPU when its accumulators
@@ -524,9 +531,14 @@ class _Prepared:
     def has_alpha(self) -> bool:
         return self.channels in (2, 4)
 
-    def unit(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
-        """Rows [lo, hi) of every channel as (C, rows, W) float32 in [0, 1]."""
+    def unit(self, lo: int = 0, hi: int | None = None, device: torch.device | None = None) -> torch.Tensor:
+        """Rows [lo, hi) of every channel as (C, rows, W) float32 in [0, 1]. To a CUDA
+        `device`, 8-bit pixels go up as they are (a quarter of float32's bytes, from pinned
+        memory) and are converted there; tiles are then cut on the device."""
         rows = self.pixels[lo:hi]
+        if device is not None and device.type == "cuda" and rows.dtype == np.uint8:
+            pixels = torch.from_numpy(np.ascontiguousarray(rows)).pin_memory().to(device, non_blocking=True)
+            return pixels.permute(2, 0, 1).float().div_(255.0)
         if rows.dtype in (np.uint8, np.uint16):
             unit = rows.astype(np.float32) / float(np.iinfo(rows.dtype).max)
         elif rows.dtype == np.int16:  # the type's full range, -32768..32767 -> 0..1
@@ -539,9 +551,9 @@ class _Prepared:
             unit = np.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0)
         return torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)))
 
-    def color(self) -> torch.Tensor:
+    def color(self, device: torch.device | None = None) -> torch.Tensor:
         """(3, H, W) model input; a gray image as three equal planes."""
-        unit = self.unit()
+        unit = self.unit(device=device)
         if self.gray:
             return unit[:1].expand(3, -1, -1).contiguous()
         return unit[:3]
