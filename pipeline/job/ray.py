@@ -142,7 +142,7 @@ class UpscaleWorker:
 
     Each finished batch leaves a receipt (its rows) under the run's plan folder. When an
     actor dies, Ray Data gives its whole block to the restarted actor; the batches with a
-    receipt are answered from it, so only the batch in flight is done again."""
+    receipt are answered from it, so only the batches in flight (two at most) are done again."""
 
     def __init__(self, spec, run_id: str, config_key: str, cpus: float, plan_dir: str):
         import torch
@@ -257,7 +257,13 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
                                        "cpus": cpus_per, "plan_dir": plan_dir},
                 batch_size=spec.batch_images,
                 batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=workers),
+                # Two batches in each actor at once: one is read and written while the other is
+                # inferred (Worker.infer lets one group at a time through the model). No more
+                # blocks queued at an actor than it runs, so the actor up first does not take
+                # the blocks of those still loading their model.
+                compute=ray.data.ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=2,
+                                                   max_tasks_in_flight_per_actor=2,
+                                                   enable_true_multi_threading=True),
                 num_cpus=cpus_per,
                 num_gpus=gpus_per,
                 max_restarts=-1,

@@ -3,12 +3,15 @@
     read (stages/read) -> infer (stages/infer) -> write (stages/write) -> score (stages/score)
 
 `--executor local` overlaps reading and writing with inference in threads; a Ray actor
-calls `process` on each batch. Either way an image's row comes only from here.
+runs `process` on two batches at once, so one batch is read and written while the other
+is inferred. Either way an image's row comes only from here.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import nullcontext
 
 from pipeline import store
 from pipeline.inference.engine import Upscaler
@@ -37,6 +40,9 @@ class Worker:
         self.dst_fs, self.dst_root = store.open_location(spec.dst, spec.storage_options)
         self.reference = Reference(spec.reference, spec.storage_options) if spec.reference else None
         self.circuit = Circuit(spec.storage_failures)  # this worker's own view of storage
+        # One group at a time through a model (its memory, its tile state); a resize has no
+        # state, so threads resize their own images at once.
+        self._model = nullcontext() if self.upscaler.interpolation else threading.Lock()
         info = self.upscaler.info
         self.template = dict(run_id=run_id, config_key=config_key, model=model.name, model_sha256=model.sha256,
                              scale=float(spec.scale or model.scale), precision=info["precision"],
@@ -57,7 +63,8 @@ class Worker:
         return read(work, self.spec, lambda key: local_output_dir(self.spec, key))
 
     def infer(self, group: list[ImageWork]) -> None:
-        infer(group, self.upscaler, self.spec.scale, self.spec.time_limit)
+        with self._model:
+            infer(group, self.upscaler, self.spec.scale, self.spec.time_limit)
 
     def finish(self, work: ImageWork) -> ManifestRow:
         write(work, self.spec, self.dst_fs, self.dst_root)
@@ -67,7 +74,7 @@ class Worker:
         return work.row
 
     def process(self, batch: list[PlannedImage]) -> list[ManifestRow]:
-        """A batch in order, in this thread (the Ray actors' way)."""
+        """A batch in order, in this thread (the Ray actors' way; thread-safe)."""
         group = [self.read(planned) for planned in batch]
         self.infer(group)
         rows = [self.finish(work) for work in group]
