@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from pipeline.formats import DEFAULT_MAX_PIXELS
+from pipeline.formats.nifti import PLANES as NIFTI_PLANES
 from pipeline.raster import BAND_MODES, RADIOMETRIC_MODES
 
 DEFAULT_STREAM_THRESHOLD = 4096 * 4096
@@ -59,6 +60,7 @@ class RunSpec:
     band_mode: str = _setting("rgb+gray", group="raster", output=True)
     radiometric: str = _setting("auto", group="raster", output=True)
     stream_threshold: int = _setting(DEFAULT_STREAM_THRESHOLD, group="raster", output=True)  # 0: never stream
+    nifti_plane: str = _setting("auto", group="raster", output=True)  # the plane NIfTI slices are upscaled in
     # execution
     reference: str | None = _setting(group="execution")  # HR references for PSNR/SSIM/LPIPS
     run_id: str | None = _setting(group="execution")
@@ -77,6 +79,8 @@ class RunSpec:
         if self.radiometric not in RADIOMETRIC_MODES:
             raise ValueError(f"radiometric scaling must be one of {', '.join(RADIOMETRIC_MODES)}, "
                              f"not {self.radiometric!r}")
+        if self.nifti_plane not in NIFTI_PLANES:
+            raise ValueError(f"NIfTI plane must be one of {', '.join(NIFTI_PLANES)}, not {self.nifti_plane!r}")
         if self.stream_threshold is None or self.stream_threshold < 0:
             raise ValueError(f"stream threshold must be a pixel count >= 0, not {self.stream_threshold!r}")
         if self.scale is not None and self.scale <= 0:
@@ -105,6 +109,8 @@ class RunSpec:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["output"]}
         values.update(model=model.sha256 or model.name, scale=float(self.scale or model.scale),
                       tile=engine["tile"], overlap=engine["overlap"], precision=engine["precision"])
+        if values["nifti_plane"] == "auto":  # the default leaves keys made before the option as they were
+            del values["nifti_plane"]
         deep = engine.get("precision_above_8_bits", engine["precision"])
         if deep != engine["precision"]:  # `auto`'s bf16 with 16-bit images in fp32 is not `--precision bf16`
             values["precision_above_8_bits"] = deep

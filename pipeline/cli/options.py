@@ -260,6 +260,9 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--stream-threshold", type=int, default=4096 * 4096, metavar="PIXELS",
                      help="TIFFs with more pixels are read, upscaled and written window by window into a tiled (Big)TIFF, "
                           "memory bound by the window (default 16777216 = 4096 x 4096; 0: never)")
+    run.add_argument("--nifti-plane", choices=("auto", "axial", "coronal", "sagittal"), default="auto",
+                     help="NIfTI volumes: the plane their slices are upscaled in; 'auto' takes the two axes with the "
+                          "finer voxels (axial when isotropic), by the affine's orientation (default: %(default)s)")
     run.add_argument("--limit", type=int, default=None, metavar="N",
                      help="pilot run: the first N images to do (default: all)")
     run.add_argument("--sample", type=int, default=None, metavar="N",
@@ -280,7 +283,7 @@ def config_from_args(args):
         force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
-        time_limit=args.time_limit, storage_failures=args.storage_failures, keep_extension=args.keep_extension,
+        nifti_plane=args.nifti_plane, time_limit=args.time_limit, storage_failures=args.storage_failures, keep_extension=args.keep_extension,
     )
 
 
