@@ -128,7 +128,7 @@ def decode(data: bytes, label: str, max_pixels: int | None, *, compressed: bool,
     try:
         stored = np.asanyarray(img.dataobj.get_unscaled())
     except Exception as error:
-        expected = int(header.get_data_offset()) + voxels * dtype.itemsize
+        expected = int(img.dataobj.offset) + voxels * dtype.itemsize
         truncated = isinstance(error, EOFError) or "Expected" in str(error)
         what = "truncated" if truncated else "corrupt"
         size = f"the header declares {expected:,} bytes" + ("" if compressed else f", the file has {len(data):,}")
