@@ -287,3 +287,48 @@ def test_nii_gz_is_one_extension_for_output_keys_and_other_formats_are_refused(t
     summary, rows = run(tmp_path / "src", tmp_path / "png", format="png")
     assert summary["failed"] == 2
     assert "NIfTI input is written as NIfTI; --format png would drop its affine" in rows["brain.nii.gz"]["error"]
+
+
+def _hostile_cases() -> dict:
+    """nibabel's NIfTI test files whole, then with header fields overwritten and cut short."""
+    cases = {path.name: path.read_bytes() for path in sorted(DATA.glob("*.nii*"))}
+    plain = (DATA / "anatomical.nii").read_bytes()
+    packed = gzip.decompress((DATA / "standard.nii.gz").read_bytes())
+    for offset in (0, 40, 42, 44, 46, 48, 56, 70, 72, 76, 80, 108, 112, 116, 252, 254, 256, 280, 344):
+        for value in (0x00, 0xFF, 0x80):
+            damaged = bytearray(plain)
+            damaged[offset : offset + 2] = bytes([value, value])
+            cases[f"anatomical@{offset}={value:02x}.nii"] = bytes(damaged)
+            damaged = bytearray(packed)
+            damaged[offset : offset + 2] = bytes([value, value])
+            cases[f"standard@{offset}={value:02x}.nii.gz"] = gzip.compress(bytes(damaged), mtime=0)
+    for length in (1, 4, 347, 348, 352, 353, 1000, len(plain) - 1):
+        cases[f"anatomical[:{length}].nii"] = plain[:length]
+    return cases
+
+
+HOSTILE = _hostile_cases()
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_damaged_headers_decode_as_declared_or_fail_in_one_line_without_a_bug_of_ours(name):
+    from tests.formats.test_hostile_corpus import our_own_bug
+
+    data = HOSTILE[name]
+    try:
+        decoded = formats.decode_image(data, name=name, max_pixels=50_000_000)
+    except formats.ImageDecodeError as error:
+        assert str(error).startswith(f"{name}: ") and "\n" not in str(error), str(error)
+        assert our_own_bug(error) is None, our_own_bug(error)
+        return
+    volume = decoded.info["nifti"]
+    assert decoded.pixels.dtype.name in nifti.DTYPES
+    assert decoded.pixels.shape[:2] == (volume.shape[volume.axes[0]], volume.shape[volume.axes[1]])
+    assert decoded.pixels.size == int(np.prod(volume.shape))
+    try:
+        out = formats.encode_image(decoded.pixels, decoded)
+    except formats.ImageEncodeError as error:
+        assert our_own_bug(error) is None, our_own_bug(error)
+        return
+    again = formats.decode_image(out, name=f"{name} (output)")
+    assert again.pixels.shape == decoded.pixels.shape and again.pixels.dtype == decoded.pixels.dtype

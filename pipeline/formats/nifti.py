@@ -115,11 +115,20 @@ def decode(data: bytes, label: str, max_pixels: int | None, *, compressed: bool,
         raise ImageDecodeError(f"{label}: NIfTI {kind} voxels are not supported ({', '.join(DTYPES)})")
     if len(shape) < 2 or 0 in shape:
         raise ImageDecodeError(f"{label}: NIfTI data of shape {shape}: no plane to upscale")
+    zooms = [float(z) for z in header.get_zooms()]
+    if not all(math.isfinite(z) for z in zooms):
+        raise ImageDecodeError(f"{label}: corrupt NIfTI-{version} header (voxel sizes {zooms})")
+    forms = {"qform": header.get_qform() if header["qform_code"] else None,
+             "sform": header.get_sform() if header["sform_code"] else None, "affine": affine}
+    broken = [name for name, form in forms.items() if form is not None and not np.isfinite(form).all()]
+    if broken:  # caught here, not when the output is written after the model's work
+        raise ImageDecodeError(f"{label}: corrupt NIfTI-{version} header (its {' and '.join(broken)} "
+                               "is not finite)")
     voxels = math.prod(shape)
     if max_pixels is not None and voxels > max_pixels:
         raise ImageTooLargeError(f"{label}: {' x '.join(map(str, shape))} = {voxels:,} voxels is over the limit of "
                                  f"{max_pixels:,}; raise it with --max-pixels if the volume is expected")
-    axes, plane_name = in_plane_axes(shape, header.get_zooms(), affine, plane, label)
+    axes, plane_name = in_plane_axes(shape, zooms, affine, plane, label)
     notes = [f"NIfTI-{version} {' x '.join(map(str, shape))} {dtype.name}: {plane_name} plane "
              f"(axes {axes[0]}, {axes[1]}), {math.prod(shape) // (shape[axes[0]] * shape[axes[1]])} slices"]
     slice_dim = _timed_slice_dim(header, axes)
