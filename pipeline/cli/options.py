@@ -296,8 +296,9 @@ def _destination(args) -> tuple[str, str | None]:
     import posixpath
 
     from pipeline.stages.list import EXTENSION_FORMATS
+    from pipeline.store import source_extension
 
-    extension = posixpath.splitext(args.dst.rstrip("/"))[1].lower()
+    extension = source_extension(args.dst.rstrip("/"))
     if args.from_list or args.dst.endswith("/") or extension not in EXTENSION_FORMATS:
         return args.dst, args.format
     from pipeline import store
@@ -308,8 +309,8 @@ def _destination(args) -> tuple[str, str | None]:
     if not src_fs.isfile(src_root) or dst_fs.isdir(dst_root):
         return args.dst, args.format  # a folder source (or an existing folder) keeps DST a folder, whatever its name
     implied = EXTENSION_FORMATS[extension]
-    if implied == "dicom":
-        implied = None  # DICOM is written as DICOM whatever is asked; the write stage says so for other formats
+    if implied in ("dicom", "nifti", "nifti-gz"):
+        implied = None  # DICOM and NIfTI are written as they are whatever is asked; the write stage says so
     elif implied not in FORMATS:
         raise ValueError(f"{args.dst}: {implied.upper()} is not an output format; give the destination one of "
                          f".png, .tif, .jpg, .webp")
