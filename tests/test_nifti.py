@@ -332,3 +332,29 @@ def test_damaged_headers_decode_as_declared_or_fail_in_one_line_without_a_bug_of
         return
     again = formats.decode_image(out, name=f"{name} (output)")
     assert again.pixels.shape == decoded.pixels.shape and again.pixels.dtype == decoded.pixels.dtype
+
+
+def test_a_single_nii_gz_destination_names_the_file_and_nifti_plane_reaches_the_decoder(tmp_path, capsys):
+    from pipeline.cli import main
+
+    source = tmp_path / "standard.nii.gz"
+    shutil.copy(DATA / "standard.nii.gz", source)
+    target = tmp_path / "out" / "standard.nii.gz"
+    code = main(["run", str(source), str(target), "-m", "bicubic", "-s", "2", "--executor", "local",
+                 "--no-progress", "--nifti-plane", "sagittal"])
+    assert code == 0, capsys.readouterr()
+    assert nib.load(target).shape == (4, 10, 14)  # sagittal: the L-R axis keeps its 4 voxels
+    assert sorted(p.name for p in target.parent.iterdir()) == ["_manifest", "standard.nii.gz"]
+    assert main(["run", str(source), str(tmp_path / "out2" / "standard.nii"), "-m", "bicubic",
+                 "--executor", "local", "--no-progress"]) == 2  # the output would be standard.nii.gz
+    assert "can be written as" in capsys.readouterr().err
+
+
+def test_another_plane_redoes_the_volume_and_the_default_plane_redoes_nothing(tmp_path):
+    (tmp_path / "src").mkdir()
+    shutil.copy(DATA / "standard.nii.gz", tmp_path / "src" / "s.nii.gz")
+    first, _rows = run(tmp_path / "src", tmp_path / "dst")
+    again, _rows = run(tmp_path / "src", tmp_path / "dst", nifti_plane="auto")
+    other, rows = run(tmp_path / "src", tmp_path / "dst", nifti_plane="axial")
+    assert (first["ok"], again["ok"], again["skipped"], other["ok"]) == (1, 0, 1, 1)
+    assert nib.load(tmp_path / "dst" / "s.nii.gz").shape == (8, 10, 7)
