@@ -100,7 +100,7 @@ def test_the_field_of_view_covers_the_same_physical_extent_through_both_affines(
     assert out.header.get_xyzt_units() == source.header.get_xyzt_units() == ("mm", "sec")
     assert len(out.header.extensions) == len(source.header.extensions) == 2
     descrip = out.header["descrip"].item().decode()
-    assert descrip.startswith("FSL3.3") and descrip.endswith("upscaler x2 in-plane, bicubic")
+    assert descrip == "FSL3.3; upscaler x2 in-plane, bicubic"  # the source's text ends at its first NUL
 
 
 def test_qform_and_sform_are_each_rescaled_with_their_own_code(tmp_path):
@@ -109,6 +109,7 @@ def test_qform_and_sform_are_each_rescaled_with_their_own_code(tmp_path):
     img = nib.Nifti1Image(volume, None)
     img.header.set_qform(qform, code=1)
     img.header.set_sform(sform, code=4)
+    img.header["descrip"] = "d" * 79  # a full field: the note still fits whole
     (tmp_path / "src").mkdir()
     nib.save(img, tmp_path / "src" / "two.nii")
     summary, rows = run(tmp_path / "src", tmp_path / "dst", scale=4.0)
@@ -119,6 +120,8 @@ def test_qform_and_sform_are_each_rescaled_with_their_own_code(tmp_path):
     np.testing.assert_allclose(corners(out.header.get_qform(), out.shape), corners(qform, volume.shape), atol=1e-4)
     np.testing.assert_allclose(corners(out.header.get_sform(), out.shape), corners(sform, volume.shape), atol=1e-4)
     assert out.header.get_zooms() == pytest.approx((0.2, 0.2, 3.0), abs=1e-6)
+    descrip = out.header["descrip"].item().decode()
+    assert len(descrip) == 79 and descrip.startswith("ddd") and descrip.endswith("; upscaler x4 in-plane, bicubic")
     # the row: the best affine (sform) and the zooms, in and out
     assert np.allclose(json.loads(rows["two.nii"]["transform_in"]), sform, atol=1e-6)
     assert np.allclose(json.loads(rows["two.nii"]["transform_out"]), out.affine, atol=1e-5)

@@ -64,7 +64,7 @@ EXTENSIONS = {"nifti": ".nii", "nifti-gz": ".nii.gz"}
 PLANES = ("auto", "axial", "coronal", "sagittal")
 DTYPES = ("uint8", "int8", "int16", "uint16", "int32", "uint32", "float32", "float64")
 _NORMAL_CODES = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
-_DESCRIP_BYTES = 80
+_DESCRIP_BYTES = 79  # the 80-byte field, NUL-terminated for C readers
 
 
 class Scaling(ModalityLUT):
@@ -130,7 +130,7 @@ def decode(data: bytes, label: str, max_pixels: int | None, *, compressed: bool,
                                  f"{max_pixels:,}; raise it with --max-pixels if the volume is expected")
     axes, plane_name = in_plane_axes(shape, zooms, affine, plane, label)
     notes = [f"NIfTI-{version} {' x '.join(map(str, shape))} {dtype.name}: {plane_name} plane "
-             f"(axes {axes[0]}, {axes[1]}), {math.prod(shape) // (shape[axes[0]] * shape[axes[1]])} slices"]
+             f"(axes {axes[0]}, {axes[1]}), {_count(voxels // (shape[axes[0]] * shape[axes[1]]), 'slice')}"]
     slice_dim = _timed_slice_dim(header, axes)
     if slice_dim is not None:
         notes.append(f"slice timing reset: the upscaled plane contains the slice dimension (axis {slice_dim})")
@@ -251,6 +251,10 @@ def _update_grid(header, volume: Volume, factors: tuple[float, float]) -> None:
             header[field] = 0
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
 def _timed_slice_dim(header, axes: tuple[int, int]) -> int | None:
     """The header's slice dimension when it has slice timing and lies in the upscaled plane."""
     slice_dim = header.get_dim_info()[2]
@@ -260,8 +264,9 @@ def _timed_slice_dim(header, axes: tuple[int, int]) -> int | None:
 
 
 def _descrip(current, note: str) -> bytes:
-    """The source's descrip with the note appended, the note kept whole within 80 bytes."""
-    text = bytes(np.asarray(current).item() or b"").decode("ascii", "replace").rstrip("\x00 ")
+    """The source's descrip (up to its first NUL, where C readers stop) with the note
+    appended, the note kept whole within the field."""
+    text = bytes(np.asarray(current).item() or b"").split(b"\x00")[0].decode("ascii", "replace").rstrip()
     note = note.encode("ascii", "replace")[:_DESCRIP_BYTES].decode()
     room = _DESCRIP_BYTES - len(note) - 2
     text = f"{text[:room]}; {note}" if text and room > 0 else note
