@@ -113,7 +113,7 @@ def decode(data: bytes, label: str, max_pixels: int | None, *, compressed: bool,
     if dtype.fields is not None or dtype.name not in DTYPES:
         kind = "RGB" if dtype.fields is not None else dtype.name
         raise ImageDecodeError(f"{label}: NIfTI {kind} voxels are not supported ({', '.join(DTYPES)})")
-    if len(shape) < 2 or 0 in shape:
+    if len(shape) < 2 or min(shape) < 1:
         raise ImageDecodeError(f"{label}: NIfTI data of shape {shape}: no plane to upscale")
     zooms = [float(z) for z in header.get_zooms()]
     if not all(math.isfinite(z) for z in zooms):
