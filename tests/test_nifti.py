@@ -245,7 +245,8 @@ def test_corrupt_truncated_and_unsupported_files_are_one_failed_row_each(tmp_pat
     bad_type[70:72] = (77).to_bytes(2, "big")  # datatype code 77 does not exist
     rgb = nib.Nifti1Image(np.zeros((4, 4, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]), np.eye(4))
     files = {
-        "cut.nii": (anatomical[:20000], "truncated NIfTI voxel data (the header declares 68,002 bytes, the file has 20,000"),
+        "cut.nii": (anatomical[:20000],
+                    "truncated NIfTI voxel data (the header declares 68,002 bytes, the file has 20,000"),
         "cut.nii.gz": (example[:100000], "truncated NIfTI voxel data"),
         "header.nii": (anatomical[:200], "truncated NIfTI header (200 bytes)"),
         "text.nii.gz": (gzip.compress(b"not a volume\n" * 50), "gzip data that is not a NIfTI volume"),

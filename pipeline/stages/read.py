@@ -2,9 +2,10 @@
 
 Rasters (GeoTIFF, multi-band, int16, DICOM) also get their band plan and model inputs
 here, in the reader thread; a NIfTI volume its band plan only (its slices are mapped in
-groups during inference, so the whole volume is never held as float planes). A TIFF over the stream threshold has only its header read:
-the streaming strategy (stages/stream.py) then reads it window by window during
-inference and writes it tile by tile.
+groups during inference, so the whole volume is never held as float planes). A TIFF
+over the stream threshold has only its header read: the streaming strategy
+(stages/stream.py) then reads it window by window during inference and writes it tile
+by tile.
 """
 
 from __future__ import annotations
