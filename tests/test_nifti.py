@@ -362,3 +362,10 @@ def test_another_plane_redoes_the_volume_and_the_default_plane_redoes_nothing(tm
     other, rows = run(tmp_path / "src", tmp_path / "dst", nifti_plane="axial")
     assert (first["ok"], again["ok"], again["skipped"], other["ok"]) == (1, 0, 1, 1)
     assert nib.load(tmp_path / "dst" / "s.nii.gz").shape == (8, 10, 7)
+
+
+def test_max_pixels_counts_every_voxel_before_any_is_read():
+    data = (DATA / "example4d.nii.gz").read_bytes()  # 128 x 96 x 24 x 2 = 589,824 voxels
+    assert formats.decode_image(data, max_pixels=589_824).pixels.shape == (128, 96, 48)
+    with pytest.raises(formats.ImageTooLargeError, match=r"128 x 96 x 24 x 2 = 589,824 voxels is over the limit"):
+        formats.decode_image(data[:2000], max_pixels=589_823)  # the header alone decides: the data is cut here
