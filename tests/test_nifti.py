@@ -369,3 +369,30 @@ def test_max_pixels_counts_every_voxel_before_any_is_read():
     assert formats.decode_image(data, max_pixels=589_824).pixels.shape == (128, 96, 48)
     with pytest.raises(formats.ImageTooLargeError, match=r"128 x 96 x 24 x 2 = 589,824 voxels is over the limit"):
         formats.decode_image(data[:2000], max_pixels=589_823)  # the header alone decides: the data is cut here
+
+
+VOXEL_TYPES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 60000), "int32": (-500000, 900000),
+               "uint32": (0, 3_000_000), "float32": (-1.5, 2.5)}
+
+
+def test_every_supported_voxel_type_comes_back_in_its_type_with_its_values(tmp_path):
+    rng = np.random.default_rng(3)
+    (tmp_path / "src").mkdir()
+    volumes = {}
+    for name, (lo, hi) in VOXEL_TYPES.items():
+        smooth = np.kron(rng.uniform(0, 1, (4, 4, 2)), np.ones((4, 4, 1)))  # 16 x 16 x 2, blocks
+        volume = (lo + smooth * (hi - lo)).astype(name)
+        volumes[name] = volume
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "src" / f"{name}.nii")
+    summary, rows = run(tmp_path / "src", tmp_path / "dst")
+    assert summary["ok"] == len(VOXEL_TYPES), summary["failures"]
+    for name, volume in volumes.items():
+        out = nib.load(tmp_path / "dst" / f"{name}.nii")
+        assert out.get_data_dtype() == np.dtype(name) and rows[f"{name}.nii"]["dtype"] == name
+        values = np.asanyarray(out.dataobj.get_unscaled())
+        lo, hi = VOXEL_TYPES[name]
+        expected = bicubic_x2(volume[..., 1].astype(np.float64))  # overshoot kept, up to the type's limits
+        step = 0.0
+        if name != "float32":
+            expected, step = np.clip(expected, np.iinfo(name).min, np.iinfo(name).max), 1.0  # and rounded
+        assert np.abs(values[..., 1] - expected).max() <= step + (hi - lo) * 2e-6, name
