@@ -396,3 +396,15 @@ def test_every_supported_voxel_type_comes_back_in_its_type_with_its_values(tmp_p
         if name != "float32":
             expected, step = np.clip(expected, np.iinfo(name).min, np.iinfo(name).max), 1.0  # and rounded
         assert np.abs(values[..., 1] - expected).max() <= step + (hi - lo) * 2e-6, name
+
+
+def test_a_reference_folder_gives_volumes_a_note_not_a_failure(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "hr").mkdir()
+    shutil.copy(DATA / "standard.nii.gz", tmp_path / "src" / "s.nii.gz")
+    shutil.copy(DATA / "standard.nii.gz", tmp_path / "hr" / "s.nii.gz")
+    summary, rows = run(tmp_path / "src", tmp_path / "dst", reference=str(tmp_path / "hr"))
+    assert summary["ok"] == 1, summary["failures"]
+    row = rows["s.nii.gz"]
+    assert row["psnr"] is None and row["lr_psnr"] is not None
+    assert "reference metrics are not computed for volumes" in row["metrics_note"]
