@@ -408,3 +408,19 @@ def test_a_reference_folder_gives_volumes_a_note_not_a_failure(tmp_path):
     row = rows["s.nii.gz"]
     assert row["psnr"] is None and row["lr_psnr"] is not None
     assert "reference metrics are not computed for volumes" in row["metrics_note"]
+
+
+def test_a_negative_slope_is_kept_and_its_range_is_ordered(tmp_path):
+    stored = np.kron(np.random.default_rng(5).integers(-3000, 3000, (4, 4, 2)), np.ones((4, 4, 1))).astype(np.int16)
+    img = nib.Nifti1Image(stored, np.eye(4))
+    img.header.set_slope_inter(-0.5, 100.0)
+    (tmp_path / "src").mkdir()
+    nib.save(img, tmp_path / "src" / "neg.nii")
+    summary, rows = run(tmp_path / "src", tmp_path / "dst")
+    assert summary["ok"] == 1, summary["failures"]
+    out = nib.load(tmp_path / "dst" / "neg.nii")
+    assert (float(out.dataobj.slope), float(out.dataobj.inter)) == (-0.5, 100.0)
+    lo, hi = json.loads(rows["neg.nii"]["radiometric"])["ranges"][0]
+    assert (lo, hi) == (stored.max() * -0.5 + 100.0, stored.min() * -0.5 + 100.0)
+    expected = bicubic_x2(stored[..., 0].astype(np.float64))
+    assert np.abs(np.asanyarray(out.dataobj.get_unscaled())[..., 0] - expected).max() <= 1.0

@@ -57,7 +57,7 @@ from pipeline.errors import one_line_text
 from pipeline.formats.base import DecodedImage, ImageDecodeError, ImageEncodeError, ImageTooLargeError, optional_module
 from pipeline.formats.dicom import ModalityLUT
 from pipeline.formats.sniff import gunzip_head
-from pipeline.raster import RasterInfo, plan_for
+from pipeline.raster import BandStats, RasterInfo, make_plan
 
 FORMATS = ("nifti", "nifti-gz")  # .nii, .nii.gz
 EXTENSIONS = {"nifti": ".nii", "nifti-gz": ".nii.gz"}
@@ -196,10 +196,14 @@ def _flat_axis(shape: tuple) -> int | None:
 
 def plan(decoded: DecodedImage, radiometric: str):
     """The volume's band plan: one gray band, one range over every slice (raster.py), applied
-    to each slice in turn (stages/infer.py)."""
-    h = decoded.pixels.shape[0]
-    return plan_for(decoded.pixels.reshape(h, -1, 1), replace(decoded.raster, bands=1), band_mode="each",
-                    radiometric=radiometric)
+    to each slice in turn (stages/infer.py). The range is taken on the stored values and then
+    scaled (the scaling is linear: the extremes map to the extremes), so the volume is never
+    copied as float64."""
+    info = replace(decoded.raster, bands=1)
+    stats = BandStats(1).update(decoded.pixels.reshape(decoded.pixels.shape[0], -1))
+    if info.value_map is not None and np.isfinite(stats.lo[0]):
+        stats.lo[0], stats.hi[0] = sorted(info.value_map.forward(np.array([stats.lo[0], stats.hi[0]])))
+    return make_plan(info, decoded.dtype, 1, stats, band_mode="each", radiometric=radiometric)
 
 
 def voxel_map(axes: tuple[int, int], factors: tuple[float, float]) -> np.ndarray:
