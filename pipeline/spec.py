@@ -17,15 +17,18 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from pipeline.formats import DEFAULT_MAX_PIXELS
+from pipeline.formats.nifti import PLANES as NIFTI_PLANES
 from pipeline.raster import BAND_MODES, RADIOMETRIC_MODES
 
 DEFAULT_STREAM_THRESHOLD = 4096 * 4096
 
 
-def _setting(default=None, *, group: str, output: bool = False, **kwargs):
+def _setting(default=None, *, group: str, output: bool = False, later: bool = False, **kwargs):
+    """`later`: an output setting added after runs were recorded, in the resume key only
+    when it is not its default, so that those runs keep their key."""
     if "default_factory" not in kwargs:
         kwargs["default"] = default
-    return field(metadata={"group": group, "output": output}, **kwargs)
+    return field(metadata={"group": group, "output": output, "later": later}, **kwargs)
 
 
 @dataclass
@@ -46,7 +49,7 @@ class RunSpec:
     tile: int | None = _setting(group="inference", output=True)  # None = auto (deterministic), 0 = whole image
     overlap: int | None = _setting(group="inference", output=True)  # None = the model's
     precision: str = _setting("auto", group="inference", output=True)
-    compile: bool = _setting(False, group="inference", output=True)  # torch.compile: kernels differ in rounding
+    compile: bool = _setting(False, group="inference", output=True, later=True)  # torch.compile: kernels differ in rounding
     device: str = _setting("auto", group="inference")
     time_limit: float | None = _setting(group="inference")  # seconds per image
     batch_images: int = _setting(4, group="inference")
@@ -60,6 +63,7 @@ class RunSpec:
     band_mode: str = _setting("rgb+gray", group="raster", output=True)
     radiometric: str = _setting("auto", group="raster", output=True)
     stream_threshold: int = _setting(DEFAULT_STREAM_THRESHOLD, group="raster", output=True)  # 0: never stream
+    nifti_plane: str = _setting("auto", group="raster", output=True, later=True)  # the plane NIfTI slices are upscaled in
     # execution
     reference: str | None = _setting(group="execution")  # HR references for PSNR/SSIM/LPIPS
     run_id: str | None = _setting(group="execution")
@@ -78,6 +82,8 @@ class RunSpec:
         if self.radiometric not in RADIOMETRIC_MODES:
             raise ValueError(f"radiometric scaling must be one of {', '.join(RADIOMETRIC_MODES)}, "
                              f"not {self.radiometric!r}")
+        if self.nifti_plane not in NIFTI_PLANES:
+            raise ValueError(f"NIfTI plane must be one of {', '.join(NIFTI_PLANES)}, not {self.nifti_plane!r}")
         if self.stream_threshold is None or self.stream_threshold < 0:
             raise ValueError(f"stream threshold must be a pixel count >= 0, not {self.stream_threshold!r}")
         if self.scale is not None and self.scale <= 0:
@@ -106,8 +112,9 @@ class RunSpec:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["output"]}
         values.update(model=model.sha256 or model.name, scale=float(self.scale or model.scale),
                       tile=engine["tile"], overlap=engine["overlap"], precision=engine["precision"])
-        if not self.compile:  # in the key only when set, so runs made before the option keep their key
-            values.pop("compile")
+        for f in fields(self):  # settings added later: at their default, keys made before them hold
+            if f.metadata.get("later") and values.get(f.name) == f.default:
+                del values[f.name]
         deep = engine.get("precision_above_8_bits", engine["precision"])
         if deep != engine["precision"]:  # `auto`'s bf16 with 16-bit images in fp32 is not `--precision bf16`
             values["precision_above_8_bits"] = deep

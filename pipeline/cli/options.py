@@ -265,6 +265,9 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--stream-threshold", type=int, default=4096 * 4096, metavar="PIXELS",
                      help="TIFFs with more pixels are read, upscaled and written window by window into a tiled (Big)TIFF, "
                           "memory bound by the window (default 16777216 = 4096 x 4096; 0: never)")
+    run.add_argument("--nifti-plane", choices=("auto", "axial", "coronal", "sagittal"), default="auto",
+                     help="NIfTI volumes: the plane their slices are upscaled in; 'auto' takes the two axes with the "
+                          "finer voxels (axial when isotropic), by the affine's orientation (default: %(default)s)")
     run.add_argument("--limit", type=int, default=None, metavar="N",
                      help="pilot run: the first N images to do (default: all)")
     run.add_argument("--sample", type=int, default=None, metavar="N",
@@ -285,7 +288,7 @@ def config_from_args(args):
         force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
-        time_limit=args.time_limit, storage_failures=args.storage_failures, keep_extension=args.keep_extension,
+        nifti_plane=args.nifti_plane, time_limit=args.time_limit, storage_failures=args.storage_failures, keep_extension=args.keep_extension,
     )
 
 
@@ -298,8 +301,9 @@ def _destination(args) -> tuple[str, str | None]:
     import posixpath
 
     from pipeline.stages.list import EXTENSION_FORMATS
+    from pipeline.store import source_extension
 
-    extension = posixpath.splitext(args.dst.rstrip("/"))[1].lower()
+    extension = source_extension(args.dst.rstrip("/"))
     if args.from_list or args.dst.endswith("/") or extension not in EXTENSION_FORMATS:
         return args.dst, args.format
     from pipeline import store
@@ -310,8 +314,8 @@ def _destination(args) -> tuple[str, str | None]:
     if not src_fs.isfile(src_root) or dst_fs.isdir(dst_root):
         return args.dst, args.format  # a folder source (or an existing folder) keeps DST a folder, whatever its name
     implied = EXTENSION_FORMATS[extension]
-    if implied == "dicom":
-        implied = None  # DICOM is written as DICOM whatever is asked; the write stage says so for other formats
+    if implied in ("dicom", "nifti", "nifti-gz"):
+        implied = None  # DICOM and NIfTI are written as they are whatever is asked; the write stage says so
     elif implied not in FORMATS:
         raise ValueError(f"{args.dst}: {implied.upper()} is not an output format; give the destination one of "
                          f".png, .tif, .jpg, .webp")

@@ -30,10 +30,12 @@ nodata and GDAL metadata, and is written back only as TIFF, with the georeferenc
 rescaled (geotiff.py), whichever decoder read it (tiff.py). A georeferenced raster keeps
 its stored pixel grid (the Orientation tag is not applied: the geotransform refers to the
 stored grid). DICOM (dicom.py, the optional ``dicom`` extra) decodes its stored values and
-is written back as a derived DICOM instance.
+is written back as a derived DICOM instance. NIfTI volumes (nifti.py, the optional ``nifti``
+extra) decode to their stack of slices (H x W x slices) in the stored type and are
+written back as the same kind of NIfTI, affine and zooms rescaled in-plane.
 
 Modules: sniff (magic bytes), pillow (PNG 8-bit, JPEG, WebP, BMP, GIF, libtiff TIFFs),
-png16, tiff, geotiff, dicom, windows (streaming reads), base (the shared types). Every
+png16, tiff, geotiff, dicom, nifti, windows (streaming reads), base (the shared types). Every
 decode failure is an ImageDecodeError naming the file, in one line; every encode failure
 an ImageEncodeError.
 """
@@ -45,7 +47,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from pipeline.formats import pillow, png16, tiff
+from pipeline.formats import nifti, pillow, png16, tiff
 from pipeline.formats.base import (
     DEFAULT_MAX_PIXELS, ORIENTATION, TIFF_DTYPES, DecodedImage, ImageDecodeError, ImageEncodeError, ImageHeader,
     ImageTooLargeError, to_rgb8,
@@ -62,23 +64,30 @@ __all__ = [
     "DEFAULT_MAX_PIXELS", "ORIENTATION", "TIFF_MAGIC", "DecodedImage", "ImageDecodeError", "ImageEncodeError",
     "ImageHeader", "ImageTooLargeError", "_check_size", "_tiff_dpi", "decode_image", "encode_image",
     "output_format", "raster_tiff_options", "tiff_layout", "tiff_mode", "to_rgb8", "check_output",
-    "OutputFormatError",
+    "OutputFormatError", "is_volume",
 ]
 
-_EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "dicom": ".dcm"}
-_ALIASES = {"jpg": "jpeg", "tif": "tiff", "dcm": "dicom"}
+_EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "dicom": ".dcm",
+               **nifti.EXTENSIONS}
+_ALIASES = {"jpg": "jpeg", "tif": "tiff", "dcm": "dicom", "nii": "nifti", "nii.gz": "nifti-gz"}
 _REQUESTABLE = ("png", "tiff", "jpeg", "webp")
 
 
 def output_format(src_format: str, requested: str | None) -> tuple[str, str]:
     """(format, extension) to write; GIF becomes PNG since a palette would ruin the upscale.
     DICOM is written as DICOM (a derived instance): another format would drop the
-    spacing and the instance's identity, so asking for one is an error."""
+    spacing and the instance's identity, so asking for one is an error; NIfTI as the same
+    kind of NIfTI (.nii or .nii.gz), for the same reason."""
     if src_format == "dicom":
         if requested and _canonical(requested) != "dicom":
             raise ValueError(f"DICOM input is written as a derived DICOM instance; --format {requested} "
                              "would drop its pixel spacing and UIDs")
         return "dicom", _EXTENSIONS["dicom"]
+    if src_format in nifti.FORMATS:
+        if requested and _canonical(requested) not in nifti.FORMATS:
+            raise ValueError(f"NIfTI input is written as NIfTI; --format {requested} would drop its affine, "
+                             "voxel sizes and every slice but one")
+        return src_format, _EXTENSIONS[src_format]
     if requested:
         fmt = _canonical(requested)
         if fmt not in _REQUESTABLE:
@@ -105,6 +114,11 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int | None) -> DecodedIma
     return dicom.decode(data, label, max_pixels)
 
 
+def is_volume(image) -> bool:
+    """A NIfTI volume: its pixels are a stack of slices, upscaled slice by slice (stages/infer.py)."""
+    return image.format in nifti.FORMATS
+
+
 def _decode_png(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
     # Pillow reduces 16-bit RGB/RGBA/LA PNGs to 8 bit; libpng keeps all 16
     if png_bit_depth(data) == 16:
@@ -122,9 +136,10 @@ _DECODERS = {
 
 
 def decode_image(
-    data: bytes, *, name: str = "", max_pixels: int | None = DEFAULT_MAX_PIXELS
+    data: bytes, *, name: str = "", max_pixels: int | None = DEFAULT_MAX_PIXELS, nifti_plane: str = "auto"
 ) -> DecodedImage:
-    """Decode the first frame to H x W x C at the source's bit depth, upright.
+    """Decode the first frame to H x W x C at the source's bit depth, upright; a NIfTI
+    volume to its slices in `nifti_plane` (nifti.py), max_pixels then counting voxels.
 
     Every failure is an ImageDecodeError naming the file, in one line; the library's
     own exception is kept as __cause__.
@@ -136,7 +151,10 @@ def decode_image(
     if fmt is None:
         raise ImageDecodeError(f"{label}: {not_an_image(data)}")
     try:
-        decoded = _DECODERS[fmt](data, label, max_pixels)
+        if fmt in nifti.FORMATS:
+            decoded = nifti.decode(data, label, max_pixels, compressed=fmt == "nifti-gz", plane=nifti_plane)
+        else:
+            decoded = _DECODERS[fmt](data, label, max_pixels)
     except ImageDecodeError as exc:
         if "\n" in str(exc) or "\r" in str(exc):
             raise type(exc)(one_line_text(str(exc), 1000)).with_traceback(exc.__traceback__) from exc.__cause__
@@ -169,7 +187,8 @@ def _bomb_message(exc: Exception, max_pixels: int | None) -> str:
 def _check_decoded(decoded: DecodedImage, label: str) -> None:
     """What every decoder promises, checked once: H x W x C of a supported type."""
     pixels = decoded.pixels
-    if pixels.ndim != 3 or 0 in pixels.shape or pixels.dtype.name not in TIFF_DTYPES:
+    dtypes = nifti.DTYPES if is_volume(decoded) else TIFF_DTYPES
+    if pixels.ndim != 3 or 0 in pixels.shape or pixels.dtype.name not in dtypes:
         raise ImageDecodeError(f"{label}: decoded to {pixels.shape} {pixels.dtype}, not an image we can upscale")
     if decoded.raster is None and (pixels.shape[2] > 4 or pixels.dtype == np.int16):
         raise ImageDecodeError(f"{label}: decoded to {pixels.shape[2]} {pixels.dtype} channels without raster info")
@@ -209,7 +228,8 @@ def encode_image(
 
     Rasters are written as TIFF with their georeferencing rescaled to the output's
     size (geotiff.py); DICOM as a derived instance, ``derivation`` giving
-    dicom.encode's keywords (description, uid_seed).
+    dicom.encode's keywords (description, uid_seed); NIfTI as NIfTI (nifti.py:
+    ``derivation`` gives the descrip note, compress_level the gzip level of .nii.gz).
     """
     try:
         fmt = _canonical(fmt) if fmt else output_format(like.format, None)[0]
@@ -223,6 +243,18 @@ def encode_image(
         )
     if 0 in pixels.shape:
         raise ImageEncodeError(f"pixels are {pixels.shape}: nothing to write")
+    if is_volume(like) or fmt in nifti.FORMATS:
+        if not is_volume(like) or fmt not in nifti.FORMATS:
+            raise ImageEncodeError("NIfTI is written only from NIfTI input, and NIfTI input only as NIfTI")
+        try:
+            return nifti.encode(pixels, like, compressed=fmt == "nifti-gz", compress_level=compress_level,
+                                **(derivation or {}))
+        except ImageEncodeError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise ImageEncodeError(f"cannot write NIfTI: {type(exc).__name__}: {one_line_text(str(exc), 300)}") from exc
     if like.format == "dicom" or fmt == "dicom":
         if like.format != "dicom" or fmt != "dicom":
             raise ImageEncodeError("DICOM is written only from DICOM input, and DICOM input only as DICOM")
@@ -298,9 +330,9 @@ def check_output(like: DecodedImage, requested: str | None) -> str:
     except ValueError as exc:
         raise OutputFormatError(str(exc)) from exc
     try:
-        if like.raster is not None and fmt not in ("tiff", "dicom"):
+        if like.raster is not None and fmt not in ("tiff", "dicom", *nifti.FORMATS):
             raise ImageEncodeError(_raster_refusal(fmt, like.pixels, like.raster))
-        if fmt != "dicom":
+        if fmt != "dicom" and fmt not in nifti.FORMATS:
             _check_encodable(fmt, like.pixels)
     except ImageEncodeError as exc:
         raise OutputFormatError(str(exc)) from None

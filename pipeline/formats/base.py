@@ -105,6 +105,18 @@ class ImageHeader(_Layout):
     exif: bytes | None = None  # never read from a header; kept so encoders see the same fields
 
 
+def optional_module(module: str, extra: str, what: str, label: str):
+    """`module` imported, or the ImageDecodeError naming the extra that installs it: a file of
+    an optional format is one failed row saying what to install, never an ImportError."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImageDecodeError(f"{label}: reading {what} needs the optional extra: pip install 'pipeline[{extra}]'") \
+            from error
+
+
 def check_size(width: int, height: int, label: str, max_pixels: int | None) -> None:
     if not isinstance(width, (int, np.integer)) or not isinstance(height, (int, np.integer)):
         raise ImageDecodeError(f"{label}: corrupt header (size {width!r} x {height!r})")

@@ -6,12 +6,18 @@ gets to try its other plugins on, say, an HTML error page saved under an image n
 
 from __future__ import annotations
 
+import zlib
+
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GZIP_MAGIC = b"\x1f\x8b"
+# NIfTI: sizeof_hdr (either byte order), then the magic of a single-file image
+NIFTI_HEADERS = ((348, 344, b"n+1\x00"), (540, 4, b"n+2\x00"))
 
 
 def sniff(data: bytes) -> str | None:
-    """"png" | "jpeg" | "gif" | "webp" | "tiff" | "bmp" | "dicom", or None."""
+    """"png" | "jpeg" | "gif" | "webp" | "tiff" | "bmp" | "dicom" | "nifti" | "nifti-gz", or None.
+    A gzip file is NIfTI when its decompressed header is (.nii.gz): its content decides, not its name."""
     if data[128:132] == b"DICM":  # DICOM Part 10 (first: its preamble may hold a TIFF header)
         return "dicom"
     if data.startswith(PNG_MAGIC):
@@ -26,7 +32,25 @@ def sniff(data: bytes) -> str | None:
         return "tiff"
     if data.startswith(b"BM"):
         return "bmp"
+    if is_nifti(data):
+        return "nifti"
+    if data.startswith(GZIP_MAGIC) and is_nifti(gunzip_head(data)):
+        return "nifti-gz"
     return None
+
+
+def is_nifti(head: bytes) -> bool:
+    return any(head[:4] in (size.to_bytes(4, "little"), size.to_bytes(4, "big")) and head[at:at + 4] == magic
+               for size, at, magic in NIFTI_HEADERS)
+
+
+def gunzip_head(data: bytes, size: int = 540) -> bytes:
+    """The first `size` decompressed bytes of gzip data (fewer when it is cut or corrupt)."""
+    inflate = zlib.decompressobj(wbits=31)
+    try:
+        return inflate.decompress(data[:1 << 16], size)
+    except zlib.error:
+        return b""
 
 
 def png_bit_depth(data: bytes) -> int | None:
@@ -36,6 +60,13 @@ def png_bit_depth(data: bytes) -> int | None:
 
 def not_an_image(data: bytes) -> str:
     """Say what the bytes look like: error pages saved under an image name are common."""
+    if data.startswith(GZIP_MAGIC):
+        if len(gunzip_head(data)) < 348:
+            return "truncated or corrupt gzip file"
+        return "gzip data that is not a NIfTI volume (the only gzip-compressed format read)"
+    for size, at, _magic in NIFTI_HEADERS:
+        if data[:4] in (size.to_bytes(4, "little"), size.to_bytes(4, "big")) and len(data) < at + 4:
+            return f"truncated NIfTI header ({len(data)} bytes)"
     head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head or b"<body" in head:
         return "not an image (looks like HTML)"

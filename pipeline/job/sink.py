@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline import __version__, store
 from pipeline.errors import one_line
+from pipeline.formats import nifti
 from pipeline.job.circuit import Circuit
 from pipeline.store.manifest import ManifestRow, to_table
 from pipeline.store import manifest, spool
@@ -67,8 +68,9 @@ class RowSink:
         self.circuit.record(row)
         self.pending.append(row)
         self.counts["ok" if row.ok else "failed"] += 1
-        self.megapixels[0] += (row.width or 0) * (row.height or 0) / 1e6
-        self.megapixels[1] += (row.out_width or 0) * (row.out_height or 0) / 1e6
+        planes = (row.channels or 1) if row.src_format in nifti.FORMATS else 1  # a volume: every slice
+        self.megapixels[0] += (row.width or 0) * (row.height or 0) * planes / 1e6
+        self.megapixels[1] += (row.out_width or 0) * (row.out_height or 0) * planes / 1e6
         self.device_seconds += row.seconds_infer or 0.0
         if not row.ok and len(self.failures) < 20:
             self.failures.append({"image_id": row.image_id, "error_type": row.error_type, "error": row.error})

@@ -4,14 +4,22 @@ Tiles of several images share forward passes. Whether an image is tiled, and how
 decided per image (`Upscaler.tiling_for`), so an image's output does not depend on the
 images batched with it. If the group fails, each image is retried alone so only the
 image at fault fails. A raster's outputs are mapped back to its bands and nodata here.
+A volume (NIfTI) goes alone: its slices, all of one shape, share forward passes in
+groups sized to VOLUME_GROUP_BYTES, each slice mapped to [0, 1] and back by the volume's
+one plan, so memory holds one group's float planes beside the volume and its output.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
+
+from pipeline import formats
 from pipeline.stages import ImageWork, stage
 from pipeline.stages import stream
+
+VOLUME_GROUP_BYTES = 256 << 20  # float working memory of one group of slices (input, output, restore)
 
 
 def infer(group: list[ImageWork], upscaler, scale: float | None, time_limit: float | None) -> None:
@@ -19,7 +27,9 @@ def infer(group: list[ImageWork], upscaler, scale: float | None, time_limit: flo
     for work in group:
         if work.alive and work.stream is not None:
             _stream(work, upscaler, scale, time_limit)
-    live = [w for w in group if w.alive and w.decoded is not None]
+        elif work.alive and work.decoded is not None and formats.is_volume(work.decoded):
+            _volume(work, upscaler, scale, time_limit)
+    live = [w for w in group if w.alive and w.decoded is not None and not formats.is_volume(w.decoded)]
     if not live:
         return
     started = time.perf_counter()
@@ -67,4 +77,35 @@ def _stream(work: ImageWork, upscaler, scale: float | None, time_limit: float | 
         stream.run(work.stream, upscaler, scale, deadline=deadline)
         work.row.precision = upscaler.precision_for("float32")  # windows reach the model as float planes
         _record_tiling(work, upscaler, *stream.window_shape(work.stream, upscaler, scale))
+    work.row.seconds_infer = time.perf_counter() - started
+
+
+def _volume(work: ImageWork, upscaler, scale: float | None, time_limit: float | None) -> None:
+    """Every slice of a volume through the engine, a group at a time; `time_limit` is per
+    slice. lr_psnr is summed slice by slice (as a streamed image's is window by window)."""
+    started = time.perf_counter()
+    stack, plan = work.decoded.pixels, work.plan
+    h, w, slices = stack.shape
+    out_hw = upscaler.output_size(h, w, scale)
+    deadline = time.monotonic() + time_limit * slices if time_limit else None
+    with stage(work, "infer"):
+        output = np.empty((*out_hw, slices), dtype=stack.dtype)
+        lr_score = stream._LrScore(plan)  # the same sum as a streamed image's
+        per_slice = 4 * (h * w + 3 * out_hw[0] * out_hw[1])
+        group = max(1, min(slices, VOLUME_GROUP_BYTES // per_slice))
+        whole = (slice(None), slice(None))
+        for first in range(0, slices, group):
+            planes = [stack[..., k : k + 1] for k in range(first, min(slices, first + group))]
+            valid = [plan.valid(p) for p in planes]
+            inputs = [plan.inputs(p, v) for p, v in zip(planes, valid)]  # [] for a slice without valid voxels
+            batch = [i[0] for i in inputs if i]
+            outputs = iter(upscaler.upscale(batch, scale, deadline=deadline) if batch else [])
+            for k, (p, v, i) in enumerate(zip(planes, valid, inputs), start=first):
+                restored = plan.restore([next(outputs)] if i else [], p, v, out_hw)
+                output[..., k] = restored[..., 0]
+                lr_score.add(restored, p, v, whole)
+        work.output = output
+        work.row.lr_psnr = lr_score.value()
+        work.row.precision = upscaler.precision_for("float32")  # slices reach the model as float planes
+        _record_tiling(work, upscaler, h, w)
     work.row.seconds_infer = time.perf_counter() - started

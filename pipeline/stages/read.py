@@ -1,9 +1,11 @@
 """Read: bytes through fsspec, decoded to pixels at the source's bit depth.
 
 Rasters (GeoTIFF, multi-band, int16, DICOM) also get their band plan and model inputs
-here, in the reader thread. A TIFF over the stream threshold has only its header read:
-the streaming strategy (stages/stream.py) then reads it window by window during
-inference and writes it tile by tile.
+here, in the reader thread; a NIfTI volume its band plan only (its slices are mapped in
+groups during inference, so the whole volume is never held as float planes). A TIFF
+over the stream threshold has only its header read: the streaming strategy
+(stages/stream.py) then reads it window by window during inference and writes it tile
+by tile.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def decode(work: ImageWork, data: bytes, spec) -> None:
     output format checked, and a raster's band plan and model inputs made: what `read`
     does once it has the bytes (the HTTP service, pipeline/serve, calls it on an upload)."""
     with stage(work, "decode"):
-        decoded = formats.decode_image(data, name=work.source.uri, max_pixels=spec.max_pixels)
+        decoded = formats.decode_image(data, name=work.source.uri, max_pixels=spec.max_pixels,
+                                       nifti_plane=spec.nifti_plane)
         h, w, c = decoded.pixels.shape
         work.row.update(dict(width=w, height=h, channels=c, dtype=str(decoded.pixels.dtype),
                              src_format=decoded.format, src_mode=decoded.mode))
@@ -67,6 +70,10 @@ def decode(work: ImageWork, data: bytes, spec) -> None:
             formats.check_output(decoded, spec.format)
     if not work.alive or (decoded.raster is None and decoded.dtype != np.uint16):
         return  # 8-bit and float photos: the engine's own mapping; 16-bit ones by their range (raster.py)
+    if formats.is_volume(decoded):  # one range for the volume; its slices are mapped group by group in infer
+        with stage(work, "band plan"):
+            work.plan = formats.nifti.plan(decoded, spec.radiometric)
+        return
     with stage(work, "band plan"):
         work.plan = raster.plan_for(decoded.pixels, decoded.raster, band_mode=spec.band_mode,
                                     radiometric=spec.radiometric)

@@ -46,6 +46,9 @@ def encode(work: ImageWork, spec) -> tuple[bytes, str, str]:
     derivation = None
     if decoded.format == "dicom":
         derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": row.config_key}
+    elif formats.is_volume(decoded):  # descrip holds 80 bytes: the factor and the model's name
+        model = posixpath.basename(str(row.model or "").rstrip("/"))
+        derivation = {"description": f"upscaler x{out.shape[1] / decoded.shape[1]:g} in-plane, {model}"}
     data = formats.encode_image(out, decoded, fmt, quality=spec.quality, dpi_scale=out.shape[1] / decoded.shape[1],
                                 compress_level=spec.compress_level, derivation=derivation)
     return data, fmt, ext
@@ -106,7 +109,8 @@ def _derivation_text(row, out, decoded) -> str:
 
 def raster_columns(decoded, plan, out_shape: tuple, uid_seed: str) -> dict:
     """Manifest columns of a raster (null for photos): CRS, geotransforms, nodata, bands,
-    radiometric scaling; for DICOM the UIDs and spacings (and nothing about the patient)."""
+    radiometric scaling; for DICOM the UIDs and spacings (and nothing about the patient); for
+    NIfTI the shapes and plane (bands), affines (transform_*) and zooms (pixel_spacing_*)."""
     info = decoded.raster
     if info is None:
         return {}
@@ -124,4 +128,6 @@ def raster_columns(decoded, plan, out_shape: tuple, uid_seed: str) -> dict:
         from pipeline.formats import dicom
 
         columns.update(dicom.describe(decoded, out_shape, uid_seed))
+    if formats.is_volume(decoded):
+        columns.update(formats.nifti.describe(decoded, out_shape))
     return columns

@@ -37,6 +37,15 @@ def safe_key(key: str) -> str:
     return key
 
 
+DOUBLE_EXTENSIONS = (".nii.gz",)
+
+
+def source_extension(key: str) -> str:
+    """The extension of a key, lower case, a double one (`.nii.gz`) whole."""
+    double = next((ext for ext in DOUBLE_EXTENSIONS if len(key) > len(ext) and key[-len(ext):].lower() == ext), None)
+    return double or posixpath.splitext(key)[1].lower()
+
+
 def output_key(key: str, extension: str, keep_extension: bool = False) -> str:
     """Where the output of source `key` goes, relative to the destination.
     By default the source extension is replaced (photo.gif -> photo.png); with
@@ -45,8 +54,7 @@ def output_key(key: str, extension: str, keep_extension: bool = False) -> str:
     safe = safe_key(key)
     if keep_extension:
         return safe + extension
-    stem, _ = posixpath.splitext(safe)
-    return stem + extension
+    return safe[: len(safe) - len(source_extension(safe))] + extension
 
 
 def collision_key(output_key: str, case_insensitive: bool) -> str:
