@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of issue 14 in one run on a lent device (`run` tool, about 8 minutes at most):
+# Every GPU check of issue 14 in one run on a lent device (`run` tool, about 9 minutes at most):
 # the engine benchmark on CUDA and gpu_throughput.py (EDSR-baseline and SRVGGNetCompact x4,
 # large and small images, each precision, with and without torch.compile). JSON under $OUT.
 # The device has no Ray and no network: the package runs from this tree (PYTHONPATH), with
@@ -26,6 +26,11 @@ echo "gpu_throughput (eager) exit $?"
 timeout 200 "$PY" benchmarks/gpu_throughput.py --compile on --precisions bf16 --out "$OUT/gpu_compile.json" \
   2> "$OUT/gpu_compile.log"
 echo "gpu_throughput (compile) exit $?"
-timeout 120 "$PY" benchmarks/engine.py --device cuda > "$OUT/engine.json" 2> "$OUT/engine.log"
+# the fastest tile and batch size on this card (what automatic tiles then use), then the engine end to end
+UPSCALER_CACHE="$OUT/cache" timeout 60 "$PY" -m pipeline.cli calibrate --model edsr-x4 --device cuda --seconds 30 \
+  --json > "$OUT/calibrate.json" 2> "$OUT/calibrate.log"
+echo "calibrate exit $?"
+UPSCALER_CACHE="$OUT/cache" timeout 150 "$PY" benchmarks/engine.py --device cuda --compile > "$OUT/engine.json" \
+  2> "$OUT/engine.log"
 echo "engine exit $?"
 tail -c 3000 "$OUT/gpu_throughput.log" "$OUT/gpu_compile.log"
