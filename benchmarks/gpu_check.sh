@@ -19,18 +19,18 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available(),
                   "modules": mods}, indent=2))
 PYEOF
 cat "$OUT/environment.json"
-timeout 200 "$PY" benchmarks/gpu_throughput.py --compile off --out "$OUT/gpu_throughput.json" \
+timeout 180 "$PY" benchmarks/gpu_throughput.py --compile off --out "$OUT/gpu_throughput.json" \
   2> "$OUT/gpu_throughput.log"
 echo "gpu_throughput (eager) exit $?"
 # torch.compile compiles once per shape (minutes in all): bf16 only, each figure logged as it comes
-timeout 200 "$PY" benchmarks/gpu_throughput.py --compile on --precisions bf16 --out "$OUT/gpu_compile.json" \
+timeout 180 "$PY" benchmarks/gpu_throughput.py --compile on --precisions bf16 --out "$OUT/gpu_compile.json" \
   2> "$OUT/gpu_compile.log"
 echo "gpu_throughput (compile) exit $?"
 # the fastest tile and batch size on this card (what automatic tiles then use), then the engine end to end
-UPSCALER_CACHE="$OUT/cache" timeout 60 "$PY" -m pipeline.cli calibrate --model edsr-x4 --device cuda --seconds 30 \
+UPSCALER_CACHE="$OUT/cache" timeout 50 "$PY" -m pipeline.cli calibrate --model edsr-x4 --device cuda --seconds 30 \
   --json > "$OUT/calibrate.json" 2> "$OUT/calibrate.log"
 echo "calibrate exit $?"
-UPSCALER_CACHE="$OUT/cache" timeout 150 "$PY" benchmarks/engine.py --device cuda --compile > "$OUT/engine.json" \
+UPSCALER_CACHE="$OUT/cache" timeout 120 "$PY" benchmarks/engine.py --device cuda --compile > "$OUT/engine.json" \
   2> "$OUT/engine.log"
 echo "engine exit $?"
 tail -c 3000 "$OUT/gpu_throughput.log" "$OUT/gpu_compile.log"
