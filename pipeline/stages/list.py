@@ -23,7 +23,8 @@ import fsspec
 from pipeline import formats, store
 
 EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".gif": "gif", ".webp": "webp",
-                     ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom"}
+                     ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom",
+                     ".safe": "tiff"}  # a Sentinel-2 product (formats/safe.py) is read as a GeoTIFF
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def list_sources(spec) -> Iterator[store.Source]:
 
 def output_key(key: str, spec) -> str:
     """The output key planned from the source's name (the write stage keeps to it)."""
-    extension = posixpath.splitext(key)[1].lower()
+    extension = store.split_extension(key)[1].lower()
     try:
         _fmt, out_ext = formats.output_format(EXTENSION_FORMATS.get(extension, "png"), spec.format)
     except ValueError:  # e.g. --format for DICOM: the write stage refuses it with the reason

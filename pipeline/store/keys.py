@@ -45,8 +45,13 @@ def output_key(key: str, extension: str, keep_extension: bool = False) -> str:
     safe = safe_key(key)
     if keep_extension:
         return safe + extension
-    stem, _ = posixpath.splitext(safe)
-    return stem + extension
+    return split_extension(safe)[0] + extension
+
+
+def split_extension(key: str) -> tuple[str, str]:
+    """(stem, extension) of a key, a Sentinel-2 `<product>.SAFE.zip` counting as its
+    `<product>.SAFE` folder, so that both name one output."""
+    return posixpath.splitext(key[:-4] if key.lower().endswith(".safe.zip") else key)
 
 
 def collision_key(output_key: str, case_insensitive: bool) -> str:
