@@ -12,6 +12,7 @@ PRODUCT = {"L2A": "S2A_MSIL2A_20240105T103421_N0510_R108_T32TQM_20240105T130000.
            "L1C": "S2B_MSIL1C_20240105T103421_N0510_R108_T32TQM_20240105T120000.SAFE"}
 ORIGIN = (600000.0, 5000040.0)  # UTM 32N, 10 m pixels
 EPSG = 32632
+BANDS = ("B02", "B03", "B04", "B08")
 
 
 def band_values(band: str, size: int) -> np.ndarray:
@@ -32,7 +33,7 @@ def write_jp2(path: Path, array: np.ndarray, pixel: float = 10.0) -> None:
         ds.write(array)
 
 
-def make_safe(root: Path, *, level: str = "L2A", bands=("B02", "B03", "B04", "B08"), size: int = 64,
+def make_safe(root: Path, *, level: str = "L2A", bands=BANDS, size: int = 64,
               zipped: bool = False) -> Path:
     """`root/<product>.SAFE` (or `.SAFE.zip`): MTD_MSIL*.xml, the 10 m bands, a 20 m band and,
     for L2A, the TCI image beside them (which must be left out)."""

@@ -245,6 +245,11 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--from-list", default=None,
                      help="text (one URL or key per line) or Parquet list of images under SRC (default: list SRC)")
     run.add_argument("--force", action="store_true", help="reprocess every image: those earlier runs did, and the quarantined ones (default: off)")
+    run.add_argument("--stac-source", default=None, metavar="TEMPLATE|FILE",
+                     help="georeferenced outputs: the STAC Item each source was made from, linked as `derived_from` "
+                          "from the output's Item: a URL template with {key} (the source key) or {stem} (its name "
+                          "without extension, a SAFE's product id), or a JSON object / CSV (key,item) file of "
+                          "source key -> Item URL (default: none; the Item names the source file as an asset)")
     run.add_argument("--run-id", default=None,
                      help="the run's id in the manifest (default: a new one from the start time, e.g. 20250101T120000Z-1a2b3c)")
     run.add_argument("--include-quarantined", action="store_true",
@@ -281,6 +286,7 @@ def config_from_args(args):
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
         time_limit=args.time_limit, storage_failures=args.storage_failures, keep_extension=args.keep_extension,
+        stac_source=args.stac_source,
     )
 
 

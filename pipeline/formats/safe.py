@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.formats.base import ImageDecodeError, check_size
 
 BANDS = ("B02", "B03", "B04", "B08")
+COMMON_NAMES = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}  # STAC eo common names
 _COLOURS = ("blue", "green", "red", "undefined")
 _BAND_FILE = re.compile(r"(?:^|/)GRANULE/([^/]+)/IMG_DATA/(?:R10m/)?[^/]*_(B0[2348])(?:_10m)?\.jp2$", re.I)
 _METADATA_FILE = re.compile(r"(?:^|/)MTD_MSIL(1C|2A)\.xml$", re.I)
