@@ -45,7 +45,10 @@ def to_geotiff(names: list[str], read: Callable[[str], bytes], label: str,
     is missing, the bands are not on one grid, or a file is not JPEG 2000."""
     level, metadata = _metadata(names, read, label)
     files = _band_files(names, label)
-    import rasterio
+    try:
+        import rasterio
+    except ImportError:
+        raise ImageDecodeError(f"{label}: Sentinel-2 input needs rasterio: pip install 'pipeline[geo]'") from None
     from rasterio.enums import ColorInterp
     from rasterio.io import MemoryFile
 

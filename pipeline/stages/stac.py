@@ -28,6 +28,7 @@ import contextlib
 import csv
 import datetime as dt
 import functools
+import importlib.util
 import io
 import json
 import math
@@ -107,7 +108,11 @@ def _mapping(value: str, options: str) -> str | dict:
 
 def write_item(row, spec, dst_fs, dst_root: str, output_path: str, written) -> str | None:
     """Write the Item of the output at `output_path`, whose content is `written` (bytes, or
-    a local file path); return the Item's URI, or None when the output is not georeferenced."""
+    a local file path); return the Item's URI, or None when the output is not georeferenced
+    (or the `geo` extra is not installed: the row's note says so)."""
+    if not all(importlib.util.find_spec(name) for name in ("pystac", "rasterio")):
+        row.note("no STAC item: pip install 'pipeline[geo]' for one")
+        return None
     item = build_item(row, spec, store.full_uri(dst_fs, output_path), posixpath.relpath(output_path, dst_root),
                       written, store.full_uri(dst_fs, collection_path(dst_root, row.run_id)))
     if item is None:
