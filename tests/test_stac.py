@@ -314,3 +314,32 @@ def test_a_safe_item_has_the_sensing_time_platform_band_names_and_its_source_ite
         [("B02", "blue"), ("B03", "green"), ("B04", "red"), ("B08", "nir")]
     assert [link.href for link in item.links if link.rel == "derived_from"] == \
         [f"https://example.test/sentinel-2/items/{PRODUCT['L2A'][:-5]}"]
+
+
+def test_broken_safe_products_are_failed_rows_that_say_why(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "junk.SAFE.zip").write_bytes(b"PK\x03\x04 not a zip after all")
+    (src / "file.SAFE").write_text("a file, not a product folder")
+    product = make_safe(src / "p", level="L1C")
+    next(product.rglob("*_B03.jp2")).write_bytes(b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 64)
+    summary = run_local(RunSpec(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2.0))
+    assert summary["failed"] == 3 and summary["ok"] == 0
+    errors = {key: (row["error_type"], row["error"]) for key, row in rows(tmp_path / "dst").items()}
+    assert {key: kind for key, (kind, _) in errors.items()} == dict.fromkeys(
+        ["junk.SAFE.zip", "file.SAFE", f"p/{PRODUCT['L1C']}"], "ImageDecodeError")
+    assert "not a readable zip" in errors["junk.SAFE.zip"][1]
+    assert "no MTD_MSIL1C.xml or MTD_MSIL2A.xml" in errors["file.SAFE"][1]
+    assert "band B03" in errors[f"p/{PRODUCT['L1C']}"][1] and "not a readable JPEG 2000" in errors[f"p/{PRODUCT['L1C']}"][1]
+
+
+def test_a_safe_named_in_a_list_has_the_version_its_listing_gives_and_a_changed_band_changes_it(tmp_path):
+    from pipeline.stages.list import sources_from_list
+
+    product = make_safe(tmp_path, level="L2A")
+    listed = next(store.list_sources(str(tmp_path)))
+    (tmp_path / "list.txt").write_text(product.name + "\n")
+    assert next(sources_from_list(str(tmp_path / "list.txt"), str(tmp_path), None)) == listed
+    band = next(product.rglob("*_B08_10m.jp2"))
+    band.write_bytes(band.read_bytes() + b"\x00")
+    assert next(store.list_sources(str(tmp_path))).version != listed.version

@@ -143,8 +143,6 @@ def sources_from_list(list_uri: str, src: str, storage_options: dict | None) -> 
         path = fs._strip_protocol(name) if "://" in name else posixpath.join(root, name)
         key = posixpath.relpath(path, root) if root else path
         try:
-            info = fs.info(path)
-            version, size = store.source_version(info), info.get("size")
-        except FileNotFoundError:
-            version, size = "missing", None  # the read stage records the failure
-        yield store.Source(store.full_uri(fs, path), key, size, version)
+            yield store.source_at(fs, path, key)
+        except FileNotFoundError:  # the read stage records the failure
+            yield store.Source(store.full_uri(fs, path), key, None, "missing")

@@ -109,12 +109,8 @@ def list_sources(
     `exclude_prefix` (a path or URL on the same store, e.g. a destination inside
     the source) is never listed, so a run does not read back its own outputs."""
     fs, root = open_location(url, storage_options)
-    if root.lower().endswith(PRODUCT_FOLDERS) and fs.isdir(root):
-        yield _product(fs, root, posixpath.basename(root))
-        return
-    if fs.isfile(root):
-        info = fs.info(root)
-        yield Source(full_uri(fs, root), posixpath.basename(root), info.get("size"), source_version(info))
+    if fs.isfile(root) or (root.lower().endswith(PRODUCT_FOLDERS) and fs.isdir(root)):
+        yield source_at(fs, root, posixpath.basename(root))
         return
     if not fs.exists(root):
         raise FileNotFoundError(f"source {url!r} does not exist")
@@ -140,6 +136,14 @@ def list_sources(
             if _wanted(key, include, exclude):
                 yield _product(fs, path, key) if name not in files else Source(
                     full_uri(fs, path), key, info.get("size"), source_version(info))
+
+
+def source_at(fs, path: str, key: str) -> Source:
+    """The source at `path` (a file, or a product folder as one source); FileNotFoundError if none."""
+    if path.lower().endswith(PRODUCT_FOLDERS) and fs.isdir(path):
+        return _product(fs, path, key)
+    info = fs.info(path)
+    return Source(full_uri(fs, path), key, info.get("size"), source_version(info))
 
 
 def _product(fs, path: str, key: str) -> Source:
