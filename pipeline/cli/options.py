@@ -409,6 +409,8 @@ def _summary_rows(summary: dict) -> list[tuple[str, object]]:
     if summary.get("cost") is not None:
         rows.append(("cost", f"{summary['cost']:.4f} USD"))
     rows.append(("manifest", summary["manifest"]))
+    if summary.get("stac_collection") or summary.get("stac_collection_error"):
+        rows.append(("STAC collection", summary.get("stac_collection") or summary["stac_collection_error"]))
     return rows
 
 
