@@ -223,17 +223,20 @@ def test_items_and_the_collection_reach_an_object_store(tmp_path, where, request
     assert not [p for p in fs.find(root) if p.endswith(".tmp")]
 
 
-def test_a_streamed_output_gets_its_item_too(tmp_path):
+def test_a_streamed_output_gets_its_item_too_and_a_mapping_may_name_sources_by_url(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     write_geotiff(src / "big.tif", np.arange(3 * 64 * 64, dtype=np.uint16).reshape(3, 64, 64) % 4000 + 1)
+    source_url = next(store.list_sources(str(src))).uri
+    (tmp_path / "items.json").write_text(json.dumps({source_url: "https://example.test/items/big"}))
     summary = run_local(RunSpec(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2.0,
-                                stream_threshold=1000))
+                                stream_threshold=1000, stac_source=str(tmp_path / "items.json")))
     row = rows(tmp_path / "dst")["big.tif"]
     assert summary["failed"] == 0 and row["stream_windows"] >= 1
     item = read_json(row["stac_item_uri"])
     assert item["properties"]["proj:shape"] == [128, 128]
     assert item["properties"]["proj:transform"] == [15.0, 0.0, UTM18[0], 0.0, -15.0, UTM18[1]]
+    assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == ["https://example.test/items/big"]
 
 
 # ------------------------------------------------------------------ Sentinel-2 SAFE
@@ -343,3 +346,4 @@ def test_a_safe_named_in_a_list_has_the_version_its_listing_gives_and_a_changed_
     band = next(product.rglob("*_B08_10m.jp2"))
     band.write_bytes(band.read_bytes() + b"\x00")
     assert next(store.list_sources(str(tmp_path))).version != listed.version
+

@@ -63,17 +63,19 @@ def check_source(spec) -> None:
         _mapping(spec.stac_source, json.dumps(spec.storage_options, sort_keys=True, default=str))
 
 
-def source_item(spec, key: str) -> str | None:
-    """The URL of the STAC Item of source `key`, from --stac-source: a template with
-    `{key}` (the source key) and `{stem}` (its name without extension: the product id of
-    a `.SAFE` or `.SAFE.zip`), or a JSON object / CSV (`key,item`) file mapping keys to URLs."""
+def source_item(spec, key: str, uri: str) -> str | None:
+    """The URL of the STAC Item of source `key` (at `uri`), from --stac-source: a template
+    with `{key}` (the source key) and `{stem}` (its name without extension: the product id
+    of a `.SAFE` or `.SAFE.zip`), or a JSON object / CSV (`key,item`) file mapping source
+    keys (or URLs) to Item URLs. Archives name their Items by product or scene ids that a
+    file's key does not always hold, hence the file; the template saves writing one where
+    it does (e.g. a SAFE's product id)."""
     if not spec.stac_source:
         return None
     mapping = _mapping(spec.stac_source, json.dumps(spec.storage_options, sort_keys=True, default=str))
     if isinstance(mapping, str):
-        stem = posixpath.basename(store.split_extension(key)[0])
-        return mapping.format(key=key, stem=posixpath.splitext(stem)[0] if stem.lower().endswith(".safe") else stem)
-    return mapping.get(key)
+        return mapping.format(key=key, stem=posixpath.basename(store.split_extension(key)[0]))
+    return mapping.get(key) or mapping.get(uri)
 
 
 @functools.lru_cache(maxsize=4)
@@ -176,7 +178,7 @@ def build_item(row, spec, output_uri: str, key: str, written, collection_uri: st
     EOExtension.ext(asset, add_if_missing=True).bands = eo_bands
     RasterExtension.ext(asset, add_if_missing=True).bands = raster_bands
     item.add_asset("source", pystac.Asset(href=row.src_uri, roles=["source"], title="the image it was made from"))
-    derived = source_item(spec, row.image_id)
+    derived = source_item(spec, row.image_id, row.src_uri)
     if derived:
         item.add_link(pystac.Link("derived_from", derived, media_type=JSON, title="source item"))
     item.add_link(pystac.Link("collection", collection_uri, media_type=JSON, title=f"run {row.run_id}"))
