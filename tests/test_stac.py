@@ -347,3 +347,24 @@ def test_a_safe_named_in_a_list_has_the_version_its_listing_gives_and_a_changed_
     band.write_bytes(band.read_bytes() + b"\x00")
     assert next(store.list_sources(str(tmp_path))).version != listed.version
 
+
+
+def test_safe_products_on_an_object_store_are_read_folder_and_zip_alike(tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    make_safe(local, level="L2A")
+    make_safe(local, level="L1C", zipped=True)
+    memory = fsspec.filesystem("memory")
+    src = f"memory://safe-{tmp_path.name}/src"
+    for path in local.rglob("*"):
+        if path.is_file():
+            memory.pipe_file(f"{src}/{path.relative_to(local).as_posix()}", path.read_bytes())
+    assert sorted(s.key for s in store.list_sources(src)) == sorted([PRODUCT["L1C"] + ".zip", PRODUCT["L2A"]])
+    summary = run_local(RunSpec(src=src, dst=str(tmp_path / "dst"), model="bicubic", scale=2.0))
+    assert summary["ok"] == 2, summary["failures"]
+    outputs = {}
+    for level in ("L2A", "L1C"):
+        with rasterio.open(tmp_path / "dst" / (PRODUCT[level][:-5] + ".tif")) as out:
+            assert out.descriptions == BANDS and out.crs.to_epsg() == EPSG
+            outputs[level] = out.read()
+    np.testing.assert_array_equal(outputs["L2A"], outputs["L1C"])  # the same bands, either layout

@@ -249,7 +249,7 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
                      help="georeferenced outputs: the STAC Item each source was made from, linked as `derived_from` "
                           "from the output's Item: a URL template with {key} (the source key) or {stem} (its name "
                           "without extension, a SAFE's product id), or a JSON object / CSV (key,item) file of "
-                          "source key -> Item URL (default: none; the Item names the source file as an asset)")
+                          "source key (or URL) -> Item URL (default: none; the Item names the source file as an asset)")
     run.add_argument("--run-id", default=None,
                      help="the run's id in the manifest (default: a new one from the start time, e.g. 20250101T120000Z-1a2b3c)")
     run.add_argument("--include-quarantined", action="store_true",
