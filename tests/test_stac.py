@@ -19,7 +19,7 @@ from rasterio.transform import from_origin  # noqa: E402
 from pipeline import __version__, store  # noqa: E402
 from pipeline.job.local import run_local  # noqa: E402
 from pipeline.spec import RunSpec  # noqa: E402
-from tests.sentinel2 import BANDS, EPSG, ORIGIN, PRODUCT, band_values, make_safe  # noqa: E402
+from tests.sentinel2 import BANDS, EPSG, ORIGIN, PRODUCT, band_values, make_safe, write_jp2  # noqa: E402
 
 UTM18 = (300000.0, 4500000.0)  # x0, y0 of the test GeoTIFFs (EPSG:32618), 30 m pixels
 
@@ -328,11 +328,14 @@ def test_broken_safe_products_are_failed_rows_that_say_why(tmp_path):
     (src / "file.SAFE").write_text("a file, not a product folder")
     product = make_safe(src / "p", level="L1C")
     next(product.rglob("*_B03.jp2")).write_bytes(b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 64)
+    other = make_safe(src / "q", level="L2A")
+    write_jp2(next(other.rglob("*_B08_10m.jp2")), band_values("B08", 32), pixel=20.0)
     summary = run_local(RunSpec(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2.0))
-    assert summary["failed"] == 3 and summary["ok"] == 0
+    assert summary["failed"] == 4 and summary["ok"] == 0
     errors = {key: (row["error_type"], row["error"]) for key, row in rows(tmp_path / "dst").items()}
     assert {key: kind for key, (kind, _) in errors.items()} == dict.fromkeys(
-        ["junk.SAFE.zip", "file.SAFE", f"p/{PRODUCT['L1C']}"], "ImageDecodeError")
+        ["junk.SAFE.zip", "file.SAFE", f"p/{PRODUCT['L1C']}", f"q/{PRODUCT['L2A']}"], "ImageDecodeError")
+    assert "band B08 is not on the grid of B02 (32 x 32 at 20 m, not 64 x 64 at 10 m)" in errors[f"q/{PRODUCT['L2A']}"][1]
     assert "not a readable zip" in errors["junk.SAFE.zip"][1]
     assert "no MTD_MSIL1C.xml or MTD_MSIL2A.xml" in errors["file.SAFE"][1]
     assert "band B03" in errors[f"p/{PRODUCT['L1C']}"][1] and "not a readable JPEG 2000" in errors[f"p/{PRODUCT['L1C']}"][1]

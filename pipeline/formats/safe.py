@@ -18,10 +18,9 @@ files (stages/read.py). Not done: the 20 m and 60 m bands; products of several g
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Callable
-
-import numpy as np
 
 from pipeline.formats.base import ImageDecodeError, check_size
 
@@ -52,34 +51,34 @@ def to_geotiff(names: list[str], read: Callable[[str], bytes], label: str,
     from rasterio.enums import ColorInterp
     from rasterio.io import MemoryFile
 
-    stack, grid = [], None
-    for band in BANDS:
-        try:
-            with MemoryFile(read(files[band])) as memory, memory.open() as ds:
-                here = (ds.crs, ds.transform, ds.width, ds.height)
-                if ds.crs is None:
-                    raise ImageDecodeError(f"{label}: band {band} ({files[band]}) has no georeferencing")
-                if grid is None:
-                    check_size(ds.width, ds.height, label, max_pixels)
-                    grid, dtype, nodata = here, ds.dtypes[0], ds.nodata
-                elif here != grid:
-                    raise ImageDecodeError(f"{label}: band {band} is not on the grid of {BANDS[0]} "
-                                           f"({ds.width} x {ds.height} at {ds.transform.a:g} m, not "
-                                           f"{grid[2]} x {grid[3]} at {grid[1].a:g} m)")
-                stack.append(ds.read(1, out_dtype=dtype))
-        except rasterio.errors.RasterioError as exc:
-            raise ImageDecodeError(f"{label}: band {band} ({files[band]}) is not a readable JPEG 2000 file "
-                                   f"({' '.join(str(exc).split())[:200]})") from exc
-    crs, transform, width, height = grid
-    nodata = nodata if nodata is not None else metadata.get("NODATA")
-    with MemoryFile() as memory:
-        with memory.open(driver="GTiff", width=width, height=height, count=len(BANDS), dtype=dtype, crs=crs,
-                         transform=transform, nodata=nodata) as out:
-            out.write(np.stack(stack))
-            for index, band in enumerate(BANDS, 1):
-                out.set_band_description(index, band)
-            out.colorinterp = [ColorInterp[name] for name in _COLOURS]
-            out.update_tags(**{k: v for k, v in metadata.items() if k != "NODATA"})
+    # Each band goes into the GeoTIFF as soon as it is read: a full tile's band is 0.24 GB
+    with MemoryFile() as memory, contextlib.ExitStack() as opened:
+        out = None
+        for index, band in enumerate(BANDS, 1):
+            try:
+                with MemoryFile(read(files[band])) as source, source.open() as ds:
+                    here = (ds.crs, ds.transform, ds.width, ds.height)
+                    if ds.crs is None:
+                        raise ImageDecodeError(f"{label}: band {band} ({files[band]}) has no georeferencing")
+                    if out is None:
+                        check_size(ds.width, ds.height, label, max_pixels)
+                        grid, dtype = here, ds.dtypes[0]
+                        nodata = ds.nodata if ds.nodata is not None else metadata.get("NODATA")
+                        out = opened.enter_context(memory.open(
+                            driver="GTiff", width=ds.width, height=ds.height, count=len(BANDS), dtype=dtype,
+                            crs=ds.crs, transform=ds.transform, nodata=nodata))
+                    elif here != grid:
+                        raise ImageDecodeError(f"{label}: band {band} is not on the grid of {BANDS[0]} "
+                                               f"({ds.width} x {ds.height} at {ds.transform.a:g} m, not "
+                                               f"{grid[2]} x {grid[3]} at {grid[1].a:g} m)")
+                    out.write(ds.read(1, out_dtype=dtype), index)
+            except rasterio.errors.RasterioError as exc:
+                raise ImageDecodeError(f"{label}: band {band} ({files[band]}) is not a readable JPEG 2000 file "
+                                       f"({' '.join(str(exc).split())[:200]})") from exc
+            out.set_band_description(index, band)
+        out.colorinterp = [ColorInterp[name] for name in _COLOURS]
+        out.update_tags(**{k: v for k, v in metadata.items() if k != "NODATA"})
+        opened.close()  # the GeoTIFF complete before its bytes are taken
         data = memory.read()
     return data, f"Sentinel-2 {level} SAFE: bands {', '.join(BANDS)} (10 m)"
 
