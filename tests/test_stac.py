@@ -373,3 +373,21 @@ def test_safe_products_on_an_object_store_are_read_folder_and_zip_alike(tmp_path
             assert out.descriptions == BANDS and out.crs.to_epsg() == EPSG
             outputs[level] = out.read()
     np.testing.assert_array_equal(outputs["L2A"], outputs["L1C"])  # the same bands, either layout
+
+
+def test_the_cli_takes_stac_source_and_refuses_an_unreadable_one_with_status_2(tmp_path, capsys):
+    from pipeline.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_geotiff(src / "a.tif", np.full((1, 8, 8), 7, np.uint8))
+    dst = tmp_path / "dst"
+    common = ["run", str(src), str(dst), "--executor", "local", "-m", "bicubic", "-s", "2", "--no-progress"]
+    assert main(common + ["--stac-source", str(tmp_path / "none.json")]) == 2
+    assert "--stac-source" in capsys.readouterr().err and not dst.exists()
+    assert main(common + ["--stac-source", "https://example.test/items/{stem}", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    item = read_json(rows(dst)["a.tif"]["stac_item_uri"])
+    assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == ["https://example.test/items/a"]
+    assert read_json(str(dst / "_manifest" / "_runs" / f"{summary['run_id']}.json"))["config"]["stac_source"] == \
+        "https://example.test/items/{stem}"
