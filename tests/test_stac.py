@@ -391,3 +391,14 @@ def test_the_cli_takes_stac_source_and_refuses_an_unreadable_one_with_status_2(t
     assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == ["https://example.test/items/a"]
     assert read_json(str(dst / "_manifest" / "_runs" / f"{summary['run_id']}.json"))["config"]["stac_source"] == \
         "https://example.test/items/{stem}"
+
+
+def test_plan_reads_a_safe_size_from_its_b02_header_folder_and_zip_alike(tmp_path):
+    from pipeline.ops.plan import estimate
+
+    make_safe(tmp_path / "src", level="L2A", size=48)
+    make_safe(tmp_path / "src", level="L1C", size=32, zipped=True)
+    planned = estimate(RunSpec(src=str(tmp_path / "src"), dst=str(tmp_path / "dst"), model="bicubic", scale=2.0))
+    assert (planned.todo, planned.unknown_size) == (2, 0)
+    assert planned.megapixels_in == pytest.approx((48 * 48 + 32 * 32) / 1e6)
+    assert not (tmp_path / "dst").exists()

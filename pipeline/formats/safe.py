@@ -43,7 +43,7 @@ def to_geotiff(names: list[str], read: Callable[[str], bytes], label: str,
     names (relative to it) and `read(name)`; ImageDecodeError when a band or the metadata
     is missing, the bands are not on one grid, or a file is not JPEG 2000."""
     level, metadata = _metadata(names, read, label)
-    files = _band_files(names, label)
+    files = band_files(names, label)
     try:
         import rasterio
     except ImportError:
@@ -83,7 +83,9 @@ def to_geotiff(names: list[str], read: Callable[[str], bytes], label: str,
     return data, f"Sentinel-2 {level} SAFE: bands {', '.join(BANDS)} (10 m)"
 
 
-def _band_files(names: list[str], label: str) -> dict[str, str]:
+def band_files(names: list[str], label: str) -> dict[str, str]:
+    """Band -> file name of the 10 m bands among a product's `names`; ImageDecodeError naming
+    what is missing or ambiguous."""
     found: dict[str, list[str]] = {}
     for name in names:
         match = _BAND_FILE.search(name)

@@ -60,6 +60,15 @@ def read(work: ImageWork, spec, local_dir) -> ImageWork:
 def read_safe(uri: str, storage_options: dict | None, max_pixels: int | None) -> tuple[bytes, str]:
     """A Sentinel-2 `.SAFE` folder or `.SAFE.zip` as GeoTIFF bytes (formats/safe.py): only
     its metadata and four 10 m band files are read (from a zip, by ranged reads)."""
+    fs, root, names = safe_files(uri, storage_options)
+    return safe.to_geotiff(names, lambda name: store.with_retries(
+        lambda: fs.cat_file(posixpath.join(root, name) if root else name), f"reading {uri}/{name}"),
+        uri, max_pixels)
+
+
+def safe_files(uri: str, storage_options: dict | None) -> tuple[object, str, list[str]]:
+    """(filesystem, root, file names relative to root) of a `.SAFE` folder, or of the zip's
+    own filesystem for a `.SAFE.zip`."""
     fs, root = store.open_location(uri, storage_options)
     if root.lower().endswith(".zip"):
         import zipfile
@@ -72,9 +81,7 @@ def read_safe(uri: str, storage_options: dict | None, max_pixels: int | None) ->
             raise formats.ImageDecodeError(f"{uri}: not a readable zip ({exc})") from exc
     names = [posixpath.relpath(path, root) if root else path
              for path in store.with_retries(lambda: fs.find(root), f"listing {uri}")]
-    return safe.to_geotiff(names, lambda name: store.with_retries(
-        lambda: fs.cat_file(posixpath.join(root, name) if root else name), f"reading {uri}/{name}"),
-        uri, max_pixels)
+    return fs, root, names
 
 
 def decode(work: ImageWork, data: bytes, spec) -> None:
