@@ -238,7 +238,8 @@ def test_a_streamed_output_gets_its_item_too_and_a_mapping_may_name_sources_by_u
     item = read_json(row["stac_item_uri"])
     assert item["properties"]["proj:shape"] == [128, 128]
     assert item["properties"]["proj:transform"] == [15.0, 0.0, UTM18[0], 0.0, -15.0, UTM18[1]]
-    assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == ["https://example.test/items/big"]
+    derived = [link["href"] for link in item["links"] if link["rel"] == "derived_from"]
+    assert derived == ["https://example.test/items/big"]
 
 
 # ------------------------------------------------------------------ Sentinel-2 SAFE
@@ -335,10 +336,12 @@ def test_broken_safe_products_are_failed_rows_that_say_why(tmp_path):
     errors = {key: (row["error_type"], row["error"]) for key, row in rows(tmp_path / "dst").items()}
     assert {key: kind for key, (kind, _) in errors.items()} == dict.fromkeys(
         ["junk.SAFE.zip", "file.SAFE", f"p/{PRODUCT['L1C']}", f"q/{PRODUCT['L2A']}"], "ImageDecodeError")
-    assert "band B08 is not on the grid of B02 (32 x 32 at 20 m, not 64 x 64 at 10 m)" in errors[f"q/{PRODUCT['L2A']}"][1]
+    assert "band B08 is not on the grid of B02 (32 x 32 at 20 m, not 64 x 64 at 10 m)" in \
+        errors[f"q/{PRODUCT['L2A']}"][1]
     assert "not a readable zip" in errors["junk.SAFE.zip"][1]
     assert "no MTD_MSIL1C.xml or MTD_MSIL2A.xml" in errors["file.SAFE"][1]
-    assert "band B03" in errors[f"p/{PRODUCT['L1C']}"][1] and "not a readable JPEG 2000" in errors[f"p/{PRODUCT['L1C']}"][1]
+    corrupt = errors[f"p/{PRODUCT['L1C']}"][1]
+    assert "band B03" in corrupt and "not a readable JPEG 2000" in corrupt
 
 
 def test_a_safe_named_in_a_list_has_the_version_its_listing_gives_and_a_changed_band_changes_it(tmp_path):

@@ -145,7 +145,8 @@ def build_item(row, spec, output_uri: str, key: str, written, collection_uri: st
         tags, epsg = ds.tags(), ds.crs.to_epsg()
         sentinel2 = tags.get("SPACECRAFT_NAME", "").lower().startswith("sentinel-2")
         cog = ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
-        eo_bands = [Band.create(name=description or f"b{index}", common_name=_common_name(description, colour.name, sentinel2))
+        eo_bands = [Band.create(name=description or f"b{index}",
+                                common_name=_common_name(description, colour.name, sentinel2))
                     for index, (description, colour) in enumerate(zip(ds.descriptions, ds.colorinterp), 1)]
         nodata = NoDataStrings.NAN if ds.nodata is not None and math.isnan(ds.nodata) else ds.nodata
         raster_bands = [RasterBand.create(data_type=DataType(dtype), nodata=nodata,
@@ -153,7 +154,7 @@ def build_item(row, spec, output_uri: str, key: str, written, collection_uri: st
                         for dtype in ds.dtypes]
         projection = dict(epsg=epsg, wkt2=None if epsg else ds.crs.to_wkt(), shape=[ds.height, ds.width],
                           transform=list(ds.transform)[:6], bbox=list(ds.bounds))
-    made = dt.datetime.now(dt.timezone.utc)
+    made = dt.datetime.now(dt.timezone.utc)  # `datetime`: the sensing time where the source says, else this
     item = pystac.Item(id=key, geometry=geometry, bbox=bbox, datetime=_acquired(tags) or row.started_at or made,
                        properties={}, collection=collection_id(row.run_id))
     item.common_metadata.created = made
@@ -205,7 +206,8 @@ def _acquired(tags: dict) -> dt.datetime | None:
 # --------------------------------------------------------------------------- the run's Collection
 
 
-def write_collection(dst_fs, dst_root: str, run_id: str, item_uris: list[str], storage_options: dict | None) -> str | None:
+def write_collection(dst_fs, dst_root: str, run_id: str, item_uris: list[str],
+                     storage_options: dict | None) -> str | None:
     """The run's Collection, listing `item_uris` (read back for their extent) and those an
     earlier Collection of the same run id listed; returns its URI (None without any Item)."""
     import pystac
