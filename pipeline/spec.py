@@ -59,6 +59,9 @@ class RunSpec:
     quality: int = _setting(95, group="output", output=True)
     compress_level: int = _setting(1, group="output", output=True)  # zlib level for PNG/TIFF
     keep_extension: bool = _setting(False, group="output", output=True)  # photo.gif -> photo.gif.png
+    # STAC Items: the source's Item for `derived_from` (a template or a key -> URL file); only the
+    # Items' links depend on it, not the outputs, so it is not in the resume key
+    stac_source: str | None = _setting(group="output")
     # raster
     band_mode: str = _setting("rgb+gray", group="raster", output=True)
     radiometric: str = _setting("auto", group="raster", output=True)

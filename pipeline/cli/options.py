@@ -250,6 +250,11 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--from-list", default=None,
                      help="text (one URL or key per line) or Parquet list of images under SRC (default: list SRC)")
     run.add_argument("--force", action="store_true", help="reprocess every image: those earlier runs did, and the quarantined ones (default: off)")
+    run.add_argument("--stac-source", default=None, metavar="TEMPLATE|FILE",
+                     help="georeferenced outputs: the STAC Item each source was made from, linked as `derived_from` "
+                          "from the output's Item: a URL template with {key} (the source key) or {stem} (its name "
+                          "without extension, a SAFE's product id), or a JSON object / CSV (key,item) file of "
+                          "source key (or URL) -> Item URL (default: none; the Item names the source file as an asset)")
     run.add_argument("--run-id", default=None,
                      help="the run's id in the manifest (default: a new one from the start time, e.g. 20250101T120000Z-1a2b3c)")
     run.add_argument("--include-quarantined", action="store_true",
@@ -288,7 +293,8 @@ def config_from_args(args):
         force=args.force, from_list=args.from_list, storage_options=dict(args.storage_option),
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
-        nifti_plane=args.nifti_plane, time_limit=args.time_limit, storage_failures=args.storage_failures, keep_extension=args.keep_extension,
+        nifti_plane=args.nifti_plane, time_limit=args.time_limit, storage_failures=args.storage_failures,
+        keep_extension=args.keep_extension, stac_source=args.stac_source,
     )
 
 
@@ -301,9 +307,9 @@ def _destination(args) -> tuple[str, str | None]:
     import posixpath
 
     from pipeline.stages.list import EXTENSION_FORMATS
-    from pipeline.store import source_extension
+    from pipeline.store import split_extension
 
-    extension = source_extension(args.dst.rstrip("/"))
+    extension = split_extension(args.dst.rstrip("/"))[1].lower()
     if args.from_list or args.dst.endswith("/") or extension not in EXTENSION_FORMATS:
         return args.dst, args.format
     from pipeline import store
@@ -412,6 +418,8 @@ def _summary_rows(summary: dict) -> list[tuple[str, object]]:
     if summary.get("cost") is not None:
         rows.append(("cost", f"{summary['cost']:.4f} USD"))
     rows.append(("manifest", summary["manifest"]))
+    if summary.get("stac_collection") or summary.get("stac_collection_error"):
+        rows.append(("STAC collection", summary.get("stac_collection") or summary["stac_collection_error"]))
     return rows
 
 

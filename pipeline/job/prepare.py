@@ -10,6 +10,7 @@ from pipeline import store
 from pipeline.models import LoadedModel, load_model
 from pipeline.job import resume
 from pipeline.job.sink import RunInfo, now
+from pipeline.stages import stac
 from pipeline.stages.list import ToDo, list_sources, plan_outputs
 
 
@@ -27,6 +28,7 @@ def load_spec_model(spec) -> LoadedModel:
 
 def prepare(spec, model: LoadedModel, engine: dict) -> Prepared:
     """`engine` is the `Upscaler.info` of the engine that will run (or of one like it)."""
+    stac.check_source(spec)  # a --stac-source that cannot be read is a usage error, before any image
     key = spec.config_key(model, engine)
     dst_fs, dst_root = store.open_location(spec.dst, spec.storage_options)
     dst_fs.invalidate_cache()  # other processes (workers, earlier runs) changed it

@@ -23,6 +23,7 @@ from pipeline import __version__, store
 from pipeline.errors import one_line
 from pipeline.formats import nifti
 from pipeline.job.circuit import Circuit
+from pipeline.stages import stac
 from pipeline.store.manifest import ManifestRow, to_table
 from pipeline.store import manifest, spool
 
@@ -63,6 +64,7 @@ class RowSink:
         self.circuit = Circuit(info.spec.storage_failures)
         self.spooled: list[str] = []  # manifest files kept locally: DST was unreachable
         self.storage_error = ""
+        self.stac_items: list[str] = []  # the run's STAC Items, for its Collection
 
     def add(self, row: ManifestRow) -> None:
         self.circuit.record(row)
@@ -72,6 +74,8 @@ class RowSink:
         self.megapixels[0] += (row.width or 0) * (row.height or 0) * planes / 1e6
         self.megapixels[1] += (row.out_width or 0) * (row.out_height or 0) * planes / 1e6
         self.device_seconds += row.seconds_infer or 0.0
+        if row.ok and row.stac_item_uri:
+            self.stac_items.append(row.stac_item_uri)
         if not row.ok and len(self.failures) < 20:
             self.failures.append({"image_id": row.image_id, "error_type": row.error_type, "error": row.error})
         self.bar(row, self.counts["failed"])
@@ -119,6 +123,7 @@ class RowSink:
         }
         if interrupted:
             summary["interrupted"] = interrupted
+        summary.update(self._collection())
         model = info.model
         record = {
             **{k: v for k, v in summary.items() if k != "failures"},
@@ -139,6 +144,21 @@ class RowSink:
             summary["spooled"] = {"files": len(self.spooled),
                                   "folder": str(spool.spool_dir(spool.dst_url(info.dst_fs, info.dst_root)))}
         return summary
+
+
+    def _collection(self) -> dict:
+        """The run's STAC Collection (stages/stac.py), before the run record: {"stac_collection": URI},
+        or why there is none where the run made Items."""
+        if not self.stac_items:
+            return {}
+        if self.storage_error:
+            return {"stac_collection_error": f"not written: {self.storage_error}"}
+        info = self.info
+        try:
+            return {"stac_collection": stac.write_collection(info.dst_fs, info.dst_root, info.run_id, self.stac_items,
+                                                             info.spec.storage_options)}
+        except Exception as error:  # the rows and the run record come first: they say what was done
+            return {"stac_collection_error": f"not written: {type(error).__name__}: {one_line(error)}"}
 
 
 def _progress_bar(enabled: bool, total: int | None = None, *, file=None):

@@ -14,6 +14,9 @@ Device-seconds = output megapixels / (Mpx/s); cost = device-hours * --gpu-hour-p
 from __future__ import annotations
 
 import io
+import json
+import os
+import posixpath
 import time
 from dataclasses import asdict, dataclass
 
@@ -76,9 +79,17 @@ def image_size(uri: str, storage_options: dict | None = None) -> tuple[int, int]
     import fsspec
     from PIL import Image
 
-    from pipeline.formats import TIFF_MAGIC
+    from pipeline.formats import TIFF_MAGIC, safe
+    from pipeline.stages import read as read_stage
 
     try:
+        if safe.is_safe(uri):  # a Sentinel-2 product: the header of its B02 band file, read in ranges
+            import rasterio
+
+            fs, root, names = read_stage.safe_files(uri, storage_options)
+            band = safe.band_files(names, uri)["B02"]
+            with rasterio.open(posixpath.join(root, band) if root else band, opener=fs.open) as ds:
+                return ds.width, ds.height
         with fsspec.open(uri, "rb", **(storage_options or {})) as f:
             head = f.read(1 << 16)
             if head.startswith(TIFF_MAGIC):

@@ -112,7 +112,7 @@ def _quarantined(strike, src_uri: str, storage_options: dict | None) -> bool:
         return False
     try:
         fs, path = store.open_location(src_uri, storage_options)
-        return resume.quarantined(strike, store.source_version(fs.info(path)))
+        return resume.quarantined(strike, store.source_at(fs, path, "").version)
     except OSError:  # gone or unreadable: leave it in, the read stage records why
         return False
 

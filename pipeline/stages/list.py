@@ -24,7 +24,8 @@ from pipeline import formats, store
 
 EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".gif": "gif", ".webp": "webp",
                      ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom",
-                     ".nii": "nifti", ".nii.gz": "nifti-gz"}
+                     ".nii": "nifti", ".nii.gz": "nifti-gz",
+                     ".safe": "tiff"}  # a Sentinel-2 product (formats/safe.py) is read as a GeoTIFF
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def list_sources(spec) -> Iterator[store.Source]:
 
 def output_key(key: str, spec) -> str:
     """The output key planned from the source's name (the write stage keeps to it)."""
-    extension = store.source_extension(key)
+    extension = store.split_extension(key)[1].lower()
     try:
         _fmt, out_ext = formats.output_format(EXTENSION_FORMATS.get(extension, "png"), spec.format)
     except ValueError:  # e.g. --format for DICOM: the write stage refuses it with the reason
@@ -143,8 +144,6 @@ def sources_from_list(list_uri: str, src: str, storage_options: dict | None) -> 
         path = fs._strip_protocol(name) if "://" in name else posixpath.join(root, name)
         key = posixpath.relpath(path, root) if root else path
         try:
-            info = fs.info(path)
-            version, size = store.source_version(info), info.get("size")
-        except FileNotFoundError:
-            version, size = "missing", None  # the read stage records the failure
-        yield store.Source(store.full_uri(fs, path), key, size, version)
+            yield store.source_at(fs, path, key)
+        except FileNotFoundError:  # the read stage records the failure
+            yield store.Source(store.full_uri(fs, path), key, None, "missing")

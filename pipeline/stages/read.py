@@ -10,6 +10,7 @@ by tile.
 
 from __future__ import annotations
 
+import posixpath
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from pipeline import formats, raster, store
 from pipeline.stages import ImageWork, stage
 from pipeline.stages import stream
+from pipeline.formats import safe
 
 
 class OutputCollisionError(ValueError):
@@ -45,11 +47,43 @@ def read(work: ImageWork, spec, local_dir) -> ImageWork:
                 job.local_dir = local_dir(work.planned.output_key)
                 work.stream = job
                 row.update(job.row_fields())
-        if work.stream is None:
+        if work.stream is None and safe.is_safe(work.source.key):
+            data, note = read_safe(work.source.uri, spec.storage_options, spec.max_pixels)
+            decode(work, data, spec)
+            row.update(dict(src_format="safe"))
+            row.note(note)
+        elif work.stream is None:
             data = store.read_bytes(work.source.uri, spec.storage_options)
             decode(work, data, spec)
     row.seconds_read = time.perf_counter() - work.started
     return work
+
+
+def read_safe(uri: str, storage_options: dict | None, max_pixels: int | None) -> tuple[bytes, str]:
+    """A Sentinel-2 `.SAFE` folder or `.SAFE.zip` as GeoTIFF bytes (formats/safe.py): only
+    its metadata and four 10 m band files are read (from a zip, by ranged reads)."""
+    fs, root, names = safe_files(uri, storage_options)
+    return safe.to_geotiff(names, lambda name: store.with_retries(
+        lambda: fs.cat_file(posixpath.join(root, name) if root else name), f"reading {uri}/{name}"),
+        uri, max_pixels)
+
+
+def safe_files(uri: str, storage_options: dict | None) -> tuple[object, str, list[str]]:
+    """(filesystem, root, file names relative to root) of a `.SAFE` folder, or of the zip's
+    own filesystem for a `.SAFE.zip`."""
+    fs, root = store.open_location(uri, storage_options)
+    if root.lower().endswith(".zip"):
+        import zipfile
+
+        import fsspec.implementations.zip as fszip
+
+        try:
+            fs, root = fszip.ZipFileSystem(fs.open(root, "rb")), ""
+        except zipfile.BadZipFile as exc:
+            raise formats.ImageDecodeError(f"{uri}: not a readable zip ({exc})") from exc
+    names = [posixpath.relpath(path, root) if root else path
+             for path in store.with_retries(lambda: fs.find(root), f"listing {uri}")]
+    return fs, root, names
 
 
 def decode(work: ImageWork, data: bytes, spec) -> None:

@@ -13,7 +13,7 @@ import posixpath
 import time
 
 from pipeline import __version__, formats, store
-from pipeline.stages import ImageWork, stage
+from pipeline.stages import ImageWork, stac, stage
 from pipeline.stages.read import OutputCollisionError
 
 
@@ -33,6 +33,7 @@ def write(work: ImageWork, spec, dst_fs, dst_root: str) -> ImageWork:
                 row.update(dict(status="ok", dst_uri=store.full_uri(dst_fs, path), out_format=fmt,
                                 out_height=out.shape[0], out_width=out.shape[1]))
                 row.update(raster_columns(decoded, work.plan, out.shape, row.config_key))
+                _write_item(work, spec, dst_fs, dst_root, path, data)
     work.row.seconds_write = time.perf_counter() - started
     return work
 
@@ -76,7 +77,16 @@ def _write_stream(work: ImageWork, spec, dst_fs, dst_root: str) -> None:
         row.update(dict(status="ok", dst_uri=store.full_uri(dst_fs, path), out_format="tiff",
                         out_height=out_h, out_width=out_w, stream_windows=job.windows, lr_psnr=job.lr_psnr))
         row.update(raster_columns(job.like, job.plan if job.like.raster is not None else None, job.out_shape, ""))
+        _write_item(work, spec, dst_fs, dst_root, path, job.tmp_path or path)
     work.release()
+
+
+def _write_item(work: ImageWork, spec, dst_fs, dst_root: str, path: str, written) -> None:
+    """The STAC Item of a georeferenced output (stages/stac.py), once the output is in place;
+    `written` is its content (bytes, or a local file). An Item that cannot be written fails the row."""
+    if work.alive and work.row.crs and work.row.transform_out:
+        with stage(work, "stac item"):
+            work.row.stac_item_uri = stac.write_item(work.row, spec, dst_fs, dst_root, path, written)
 
 
 def _move_into_place(dst_fs, path: str, job) -> None:

@@ -18,8 +18,10 @@ import fsspec
 
 from pipeline.store.retry import with_retries
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
-RESERVED_PREFIXES = ("_manifest/", "_report/", "_plans/")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz",
+                    ".safe.zip", ".safe")
+PRODUCT_FOLDERS = (".safe",)  # a Sentinel-2 product folder is one source, not its 13+ files
+RESERVED_PREFIXES = ("_manifest/", "_report/", "_plans/", "_stac/")
 
 
 @dataclass(frozen=True, slots=True)  # slots: a million of them are held while planning
@@ -107,9 +109,8 @@ def list_sources(
     `exclude_prefix` (a path or URL on the same store, e.g. a destination inside
     the source) is never listed, so a run does not read back its own outputs."""
     fs, root = open_location(url, storage_options)
-    if fs.isfile(root):
-        info = fs.info(root)
-        yield Source(full_uri(fs, root), posixpath.basename(root), info.get("size"), source_version(info))
+    if fs.isfile(root) or (root.lower().endswith(PRODUCT_FOLDERS) and fs.isdir(root)):
+        yield source_at(fs, root, posixpath.basename(root))
         return
     if not fs.exists(root):
         raise FileNotFoundError(f"source {url!r} does not exist")
@@ -121,8 +122,11 @@ def list_sources(
             for name in list(dirs):
                 if _relative_key(root, posixpath.join(directory, name)) == skip:
                     del dirs[name]
-        for name in sorted(files):
-            info = files[name]
+        products = [name for name in sorted(dirs) if name.lower().endswith(PRODUCT_FOLDERS)]
+        for name in products:
+            del dirs[name]  # one source: never walked into
+        for name in sorted(files) + products:
+            info = files.get(name) or {}
             path = info.get("name") or posixpath.join(directory, name)
             key = _relative_key(root, path)
             if any(part.startswith(".") for part in key.split("/")):
@@ -130,7 +134,27 @@ def list_sources(
             if skip is not None and (key == skip or key.startswith(skip + "/")):
                 continue
             if _wanted(key, include, exclude):
-                yield Source(full_uri(fs, path), key, info.get("size"), source_version(info))
+                yield _product(fs, path, key) if name not in files else Source(
+                    full_uri(fs, path), key, info.get("size"), source_version(info))
+
+
+def source_at(fs, path: str, key: str) -> Source:
+    """The source at `path` (a file, or a product folder as one source); FileNotFoundError if none."""
+    if path.lower().endswith(PRODUCT_FOLDERS) and fs.isdir(path):
+        return _product(fs, path, key)
+    info = fs.info(path)
+    return Source(full_uri(fs, path), key, info.get("size"), source_version(info))
+
+
+def _product(fs, path: str, key: str) -> Source:
+    """A product folder as one source: its size the sum of its files', its version a hash of
+    their names and versions (any file replaced is a new version)."""
+    import hashlib
+
+    files = with_retries(lambda: fs.find(path, detail=True), f"listing {path}")
+    digest = hashlib.sha256("\n".join(f"{name}={source_version(info)}" for name, info in sorted(files.items()))
+                            .encode()).hexdigest()[:32]
+    return Source(full_uri(fs, path), key, sum(info.get("size") or 0 for info in files.values()), f"files={digest}")
 
 
 def _relative_key(root: str, path: str) -> str:

@@ -40,12 +40,6 @@ def safe_key(key: str) -> str:
 DOUBLE_EXTENSIONS = (".nii.gz",)
 
 
-def source_extension(key: str) -> str:
-    """The extension of a key, lower case, a double one (`.nii.gz`) whole."""
-    double = next((ext for ext in DOUBLE_EXTENSIONS if len(key) > len(ext) and key[-len(ext):].lower() == ext), None)
-    return double or posixpath.splitext(key)[1].lower()
-
-
 def output_key(key: str, extension: str, keep_extension: bool = False) -> str:
     """Where the output of source `key` goes, relative to the destination.
     By default the source extension is replaced (photo.gif -> photo.png); with
@@ -54,7 +48,16 @@ def output_key(key: str, extension: str, keep_extension: bool = False) -> str:
     safe = safe_key(key)
     if keep_extension:
         return safe + extension
-    return safe[: len(safe) - len(source_extension(safe))] + extension
+    return split_extension(safe)[0] + extension
+
+
+def split_extension(key: str) -> tuple[str, str]:
+    """(stem, extension) of a key: a double extension (`.nii.gz`) whole, and a Sentinel-2
+    `<product>.SAFE.zip` counting as its `<product>.SAFE` folder, so that both name one output."""
+    double = next((ext for ext in DOUBLE_EXTENSIONS if len(key) > len(ext) and key[-len(ext):].lower() == ext), None)
+    if double:
+        return key[: -len(double)], key[-len(double):]
+    return posixpath.splitext(key[:-4] if key.lower().endswith(".safe.zip") else key)
 
 
 def collision_key(output_key: str, case_insensitive: bool) -> str:

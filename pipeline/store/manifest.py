@@ -79,6 +79,7 @@ class ManifestRow:
     bands: str | None = None  # count, band mode, model inputs, alpha, names
     radiometric: str | None = None  # scaling to the model's [0, 1]: mode, per-band [lo, hi]
     stream_windows: int | None = None  # windows read when streamed, else null
+    stac_item_uri: str | None = None  # the output's STAC Item (stages/stac.py); null when not georeferenced
     dicom_sop_uid_in: str | None = None
     dicom_sop_uid_out: str | None = None
     dicom_series_uid_in: str | None = None
