@@ -20,7 +20,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def _model_id(model):
-    return model.sha256 or model.name
+    return calibration.model_id(model)
 
 
 def test_measure_tiles_times_every_candidate_the_memory_allows_and_names_the_fastest():
@@ -94,3 +94,18 @@ def test_compile_is_in_the_resume_key_only_when_set():
     compiled = RunSpec(src="a", dst="b", model="x", compile=True)
     assert compiled.resolved(model, engine)["compile"] is True
     assert plain.config_key(model, engine) != compiled.config_key(model, engine)
+
+
+def test_a_calibration_holds_for_other_weights_of_the_same_network_not_for_another_network():
+    import dataclasses
+
+    import torch
+
+    model = tiny_edsr(2)
+    retrained = dataclasses.replace(model, module=torch.nn.Sequential(*model.module.children()), sha256="other")
+    assert calibration.model_id(retrained) == calibration.model_id(model)
+    assert calibration.model_id(tiny_edsr(4)) != calibration.model_id(model)  # other scale: other parameter count
+    calibration.store({"model_id": calibration.model_id(model), "device": "cpu", "precision": "fp32",
+                       "best_tile": 64, "best_batch": None})
+    assert Upscaler(retrained, device="cpu", precision="fp32").auto_tile() == 64
+    assert Upscaler(tiny_edsr(4), device="cpu", precision="fp32").tuned_tile is None

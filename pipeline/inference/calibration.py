@@ -7,7 +7,9 @@ CPU, tiles whose feature maps stay in cache), and only a measurement says which.
 and counts only the output a tile contributes once its overlap is shared with its
 neighbours; an engine with an automatic tile then uses the fastest, never above what its
 memory budget allows. The cache is one JSON file per user (`UPSCALER_CACHE`, else
-`~/.cache/upscaler`), keyed by model and device; nothing in it changes a run's settings.
+`~/.cache/upscaler`), keyed by the network's shape (architecture, hyper-parameters and
+parameter count: speed does not depend on the weights' values, so retrained or fine-tuned
+weights keep it) and the kind of device; nothing in it changes a run's settings.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def device_name(device) -> str:
     if device.type == "cuda":
         return "cuda:" + torch.cuda.get_device_name(device.index or 0)
     return device.type
+
+
+def model_id(model) -> str:
+    """What a calibration holds for: the network's shape, not its weights."""
+    return f"{model.arch} {json.dumps(model.config, sort_keys=True, default=str)} {model.params}"
 
 
 def key(model_id: str, device: str) -> str:

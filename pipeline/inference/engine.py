@@ -206,7 +206,7 @@ class Upscaler:
             self._check_tile(self.requested_tile)
         # What `upscaler calibrate` measured fastest here, if it did (inference/calibration.py).
         self.tuned_tile, self.tuned_batch = (None, None) if self.interpolation else calibration.tuned(
-            model.sha256 or model.name, calibration.device_name(self.device), self.precision)
+            calibration.model_id(model), calibration.device_name(self.device), self.precision)
 
     def _check_tile(self, tile: int) -> None:
         if tile < 0:

@@ -65,7 +65,7 @@ def calibrate(model_spec: str, device: str = "auto", tile: int | None = None, pr
         out = upscaler.upscale([image])[0]
         done += out.shape[0] * out.shape[1] / 1e6
     mpx_per_second = done / (time.perf_counter() - started)
-    entry = {"model": model.name, "model_id": model.sha256 or model.name,
+    entry = {"model": model.name, "model_id": calibration.model_id(model),
              "device": calibration.device_name(upscaler.device), "tile": upscaler.info["tile"],
              "precision": upscaler.precision, "compile": upscaler.compile,
              "mpx_per_second": round(mpx_per_second, 4), **tuning,
@@ -150,7 +150,7 @@ def estimate(spec, *, gpu_hour_price: float | None = None, include_quarantined: 
         mpx_in += size[0] * size[1] / 1e6
         mpx_out += round(size[0] * scale) * round(size[1] * scale) / 1e6
     device = calibration.device_name(upscaler.device)
-    speed = throughput(model.sha256 or model.name, device)
+    speed = throughput(calibration.model_id(model), device)
     seconds = mpx_out / speed.mpx_per_second
     return Estimate(
         total=counts.todo + counts.skipped + counts.quarantined, todo=counts.todo, done=counts.skipped,
