@@ -21,8 +21,12 @@ from pipeline.stages import ImageWork, stage
 
 
 def score(work: ImageWork, reference=None) -> ImageWork:
-    """Metrics of an `ok` output (streamed images have their lr_psnr from the window loop)."""
-    if work.alive and work.output is not None:
+    """Metrics of an `ok` output (streamed and multi-frame images have their lr_psnr from the
+    window or frame loop)."""
+    if work.alive and work.output is not None and isinstance(work.plan, raster.FramePlan):
+        if reference is not None:
+            work.row.note("reference metrics are not computed for multi-frame images")
+    elif work.alive and work.output is not None:
         with stage(work, "score"):
             values = metrics_for(work.decoded.pixels, work.output, work.source.key, reference,
                                  plan=work.plan, valid=work.valid)
