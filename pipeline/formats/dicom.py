@@ -334,6 +334,18 @@ def _scale_region(region, fy: float, fx: float) -> None:
             setattr(region, f"PhysicalDelta{axis}", float(delta) / f)
 
 
+def _derive_frame_types(ds) -> None:
+    """FrameType of the Enhanced image frame type groups (CT, MR, ...), shared and per frame:
+    DERIVED\\SECONDARY like ImageType."""
+    groups = list(ds.get("SharedFunctionalGroupsSequence") or []) + list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    for group in groups:
+        for element in group:
+            if element.keyword.endswith("FrameTypeSequence") and element.value:
+                for item in element.value:
+                    if item.get("FrameType"):
+                        item.FrameType = ["DERIVED", "SECONDARY"] + [str(v) for v in item.FrameType][2:]
+
+
 def derived_uids(ds, uid_seed: str | None) -> tuple[str, str]:
     """(new SOPInstanceUID, new SeriesInstanceUID): deterministic from the originals and
     the seed (the run's configuration key), random without a seed."""
@@ -372,6 +384,7 @@ def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = 
     ds.SeriesInstanceUID = series_uid
     image_type = [str(v) for v in (src.get("ImageType") or [])]
     ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
+    _derive_frame_types(ds)
     text = description or f"Upscaled x{fx:g}; in-plane pixel spacing divided by {fx:g}"
     ds.DerivationDescription = text[:1024]
     source = Dataset()
