@@ -1,34 +1,55 @@
 """DICOM in, a derived DICOM instance out (optional extra: ``pip install 'pipeline[dicom]'``).
 
+Pixel data is decoded by pydicom's own decoders, compressed syntaxes through the extra's
+plugins (pylibjpeg: libjpeg for JPEG and JPEG-LS, openjpeg for JPEG 2000, rle), so what
+pydicom decodes is what we decode. Colour goes to the model as RGB: YBR_FULL, YBR_FULL_422
+(and JPEG 2000's YBR_RCT/ICT) by pydicom's colour conversion, PALETTE COLOR through its
+lookup table (``apply_color_lut``); such output is written as RGB, since writing YBR or a
+palette back would need a lossy conversion or re-quantisation of the upscaled colours.
+MONOCHROME1 stays MONOCHROME1. A file without the 128-byte preamble (sniff.bare_dicom
+checks its first element) is read as a bare data set and its row's note says so.
+
 Decoding keeps the stored values (uint8, uint16 or int16, BitsStored as declared); the
 model sees the modality values (RescaleSlope/RescaleIntercept, or a Modality LUT
-Sequence), scaled to [0, 1] as raster.py describes (``radiometric`` in the manifest, in
-the "modality" domain: Hounsfield units for CT). After inference the modality LUT is
-inverted and the values rounded and clipped to the BitsStored range, so the output has
-the input's bit depth, signedness and rescale, and a viewer shows it with the same
-window. PixelPaddingValue, when present, is nodata: padding pixels do not bleed into
-the image and stay padding.
+Sequence; for Enhanced images the Pixel Value Transformation functional group), scaled
+to [0, 1] as raster.py describes (``radiometric`` in the manifest, in the "modality"
+domain: Hounsfield units for CT). After inference the modality LUT is inverted and the
+values rounded and clipped to the BitsStored range, so the output has the input's bit
+depth, signedness and rescale, and a viewer shows it with the same window.
+PixelPaddingValue, when present, is nodata: padding pixels do not bleed into the image
+and stay padding (frame by frame).
+
+Multi-frame instances decode to H x W x (frames x samples) with ``raster.frames`` set;
+raster.FramePlan and stages/infer.py take them through the engine frame by frame, in
+groups; one derived multi-frame instance comes out.
 
 The output is a new instance derived from the input, in a new series:
 
 - Rows and Columns times the scale; PixelSpacing, ImagerPixelSpacing and
-  NominalScannedPixelSpacing divided by it (in-plane only: SliceThickness and slice
-  positions are unchanged); ImagePositionPatient moved to the centre of the new first
-  pixel (half an old pixel minus half a new one along the row and column directions).
+  NominalScannedPixelSpacing divided by it, at the top level and in the Pixel Measures
+  functional groups (in-plane only: SliceThickness and slice positions are unchanged);
+  ImagePositionPatient, at the top level or in each frame's Plane Position group, moved
+  to the centre of the new first pixel (half an old pixel minus half a new one along
+  the row and column directions of that frame's orientation: the image covers the same
+  area); ultrasound regions moved into the new pixel grid (`_scale_region`).
 - New SOPInstanceUID and SeriesInstanceUID. They are derived deterministically
   (``pydicom.uid.generate_uid`` with the original UID and the run's configuration key
   as entropy), so every slice of a source series lands in one new series even when
   different workers process them, and a retried image gets the same UIDs.
-- ImageType DERIVED\\SECONDARY (the rest of the original values kept),
-  DerivationDescription, SourceImageSequence referencing the original SOP class and
-  instance ("Source image for image processing operation"), SeriesDescription marked.
-- Written uncompressed (Explicit VR Little Endian) whatever the source transfer syntax.
+- ImageType (and Enhanced FrameType) DERIVED\\SECONDARY (the rest of the original values
+  kept), DerivationDescription, SourceImageSequence referencing the original SOP class
+  and instance (DCM 121322 "Source image for image processing operation", PS3.16 CID
+  7202), SeriesDescription marked.
+- Written uncompressed (Explicit VR Little Endian, ``pydicom.pixels.set_pixel_data``)
+  whatever the source transfer syntax; a source that went through lossy compression
+  (JPEG baseline or extended, JPEG-LS near-lossless, or LossyImageCompression 01) keeps
+  LossyImageCompression 01 and its method, as the standard asks of derived images.
 - Stale attributes removed: Smallest/LargestImagePixelValue, the series equivalents,
-  and overlay planes (sized for the old Rows and Columns).
+  the palette lookup tables, and overlay planes (sized for the old Rows and Columns).
 
-Not supported (a clear failed row): no pixel data, multi-frame instances, float pixel
-data, photometric interpretations other than MONOCHROME1, MONOCHROME2 and RGB, and
-compressed transfer syntaxes pydicom cannot decode without extra plugins.
+Not supported (a failed row saying why): no pixel data, float pixel data, 1-bit (binary
+segmentations) and 32-bit samples, other photometric interpretations, and transfer
+syntaxes without an installed decoder.
 
 Privacy: the manifest gets UIDs and spacings only (see `describe`); nothing here puts a
 patient attribute (name, ID, birth date, ...) into an error message or a log.
