@@ -288,3 +288,31 @@ def test_multi_frame_over_the_pixel_limit_is_refused_from_its_frame_count(tmp_pa
     summary, rows = run(tmp_path / "src", tmp_path / "dst", max_pixels=24 * 20 * 4)
     assert summary["failed"] == 1
     assert rows["ct.dcm"]["error_type"] == "ImageTooLargeError" and "5 frames of 20 x 24" in rows["ct.dcm"]["error"]
+
+
+@pytest.mark.parametrize("choice, expected", [("rle", {"ct.dcm": RLELossless, "mr_rle.dcm": RLELossless}),
+                                               ("jpeg2000", {"ct.dcm": JPEG2000Lossless, "mr_rle.dcm": JPEG2000Lossless}),
+                                               ("keep", {"ct.dcm": ExplicitVRLittleEndian, "mr_rle.dcm": RLELossless})])
+def test_dicom_syntax_re_encodes_losslessly(tmp_path, choice, expected):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "ct.dcm").write_bytes(bundled("CT_small.dcm").read_bytes())
+    (tmp_path / "src" / "mr_rle.dcm").write_bytes(bundled("MR_small_RLE.dcm").read_bytes())
+    _summary, plain = run(tmp_path / "src", tmp_path / "plain")
+    summary, rows = run(tmp_path / "src", tmp_path / "dst", dicom_syntax=choice)
+    assert summary["ok"] == 2, summary["failures"]
+    for name, syntax in expected.items():
+        out = pydicom.dcmread(tmp_path / "dst" / name)
+        assert out.file_meta.TransferSyntaxUID == syntax, name
+        np.testing.assert_array_equal(out.pixel_array, pydicom.dcmread(tmp_path / "plain" / name).pixel_array)
+        assert rows[name]["config_key"] != plain[name]["config_key"]  # another output: not taken as done
+
+
+def test_the_default_dicom_syntax_leaves_the_resume_key_as_it_was():
+    from pipeline.spec import RunSpec
+
+    engine = {"tile": 0, "overlap": 0, "precision": "fp32"}
+    model = load_model("bicubic", scale=2)
+    assert "dicom_syntax" not in RunSpec(src="a", dst="b", model="bicubic").resolved(model, engine)
+    assert RunSpec(src="a", dst="b", model="bicubic", dicom_syntax="rle").resolved(model, engine)["dicom_syntax"] == "rle"
+    with pytest.raises(ValueError, match="DICOM syntax must be one of explicit, keep, rle, jpeg2000"):
+        RunSpec(src="a", dst="b", model="bicubic", dicom_syntax="jpeg")

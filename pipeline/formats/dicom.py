@@ -123,6 +123,10 @@ LOSSY_SYNTAXES = {  # transfer syntaxes whose pixel data has been through lossy 
     "1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
     "1.2.840.10008.1.2.4.81": "ISO_14495_1",
 }
+# --dicom-syntax: how the derived instance's pixel data is written (`output_syntax`)
+SYNTAX_CHOICES = ("explicit", "keep", "rle", "jpeg2000")
+_ENCODED = {"rle": "1.2.840.10008.1.2.5", "jpeg2000": "1.2.840.10008.1.2.4.90"}  # RLE, JPEG 2000 Lossless
+_KEPT = ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80")  # + JPEG-LS Lossless
 PALETTE_KEYWORDS = tuple(f"{colour}PaletteColorLookupTable{part}" for colour in ("Red", "Green", "Blue")
                          for part in ("Descriptor", "Data")) + tuple(
     f"Segmented{colour}PaletteColorLookupTableData" for colour in ("Red", "Green", "Blue")) + (
@@ -358,7 +362,7 @@ def _scale_region(region, fy: float, fx: float) -> None:
 def _derive_frame_types(ds) -> None:
     """FrameType of the Enhanced image frame type groups (CT, MR, ...), shared and per frame:
     DERIVED\\SECONDARY like ImageType."""
-    groups = list(ds.get("SharedFunctionalGroupsSequence") or []) + list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    groups = [*(ds.get("SharedFunctionalGroupsSequence") or []), *(ds.get("PerFrameFunctionalGroupsSequence") or [])]
     for group in groups:
         for element in group:
             if element.keyword.endswith("FrameTypeSequence") and element.value:
@@ -379,9 +383,28 @@ def derived_uids(ds, uid_seed: str | None) -> tuple[str, str]:
     return str(sop), str(series)
 
 
+def output_syntax(choice: str, source_syntax: str) -> str | None:
+    """The transfer syntax UID to re-encode in, or None for Explicit VR Little Endian.
+    `keep`: the source's own when it is lossless and pydicom has an encoder for it here
+    (RLE Lossless; JPEG 2000 Lossless with openjpeg; JPEG-LS Lossless with pyjpegls), so an
+    archive stays as compact as it was without a lossy step; otherwise uncompressed."""
+    if choice not in SYNTAX_CHOICES:
+        raise ValueError(f"DICOM syntax must be one of {', '.join(SYNTAX_CHOICES)}, not {choice!r}")
+    if choice == "explicit":
+        return None
+    if choice != "keep":
+        return _ENCODED[choice]
+    if source_syntax not in _KEPT:
+        return None
+    from pydicom.pixels import get_encoder
+
+    return source_syntax if get_encoder(source_syntax).is_available else None
+
+
 def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = None,
-           uid_seed: str | None = None) -> bytes:
-    """The derived instance (see the module doc) as DICOM Part 10 bytes."""
+           uid_seed: str | None = None, syntax: str = "explicit") -> bytes:
+    """The derived instance (see the module doc) as DICOM Part 10 bytes; `syntax` one of
+    SYNTAX_CHOICES (lossless only: a lossy step would be a second, silent derivation)."""
     pydicom = _pydicom()
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -421,13 +444,13 @@ def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = 
     ds.SeriesDescription = ds.SeriesDescription[-64:]
     now = dt.datetime.now()
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    syntax = str(src.file_meta.TransferSyntaxUID)
-    if syntax in LOSSY_SYNTAXES or str(src.get("LossyImageCompression", "")) == "01":
+    source_syntax = str(src.file_meta.TransferSyntaxUID)
+    if source_syntax in LOSSY_SYNTAXES or str(src.get("LossyImageCompression", "")) == "01":
         ds.LossyImageCompression = "01"  # once lossy, every derived image says so (PS3.3 C.7.6.1.1.5)
         methods = [str(v) for v in (src.get("LossyImageCompressionMethod") or [])] if src.get(
             "LossyImageCompressionMethod") else []
-        if syntax in LOSSY_SYNTAXES and LOSSY_SYNTAXES[syntax] not in methods:
-            methods.append(LOSSY_SYNTAXES[syntax])
+        if source_syntax in LOSSY_SYNTAXES and LOSSY_SYNTAXES[source_syntax] not in methods:
+            methods.append(LOSSY_SYNTAXES[source_syntax])
         if methods:
             ds.LossyImageCompressionMethod = methods
     for keyword in STALE_KEYWORDS + PALETTE_KEYWORDS + ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
@@ -449,6 +472,15 @@ def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = 
     pydicom.pixels.set_pixel_data(ds, np.ascontiguousarray(data), photometric, bits, generate_instance_uid=False)
     if "NumberOfFrames" in src:
         ds.NumberOfFrames = frames  # set_pixel_data drops it for one frame; multi-frame IODs require it
+    target = output_syntax(syntax, source_syntax)
+    if target is not None:
+        try:
+            ds.compress(target, generate_instance_uid=False)
+        except Exception as error:
+            name = pydicom.uid.UID(target).name
+            raise ImageEncodeError(f"cannot encode the derived DICOM as {name}: {type(error).__name__}: "
+                                   f"{one_line_text(str(error), 200)}; --dicom-syntax explicit writes it "
+                                   "uncompressed") from error
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.MediaStorageSOPClassUID = src.SOPClassUID
     for _element in ds.iterall():  # parses every raw element (one read as implicit VR gets its VR here)

@@ -45,7 +45,8 @@ def encode(work: ImageWork, spec) -> tuple[bytes, str, str]:
     fmt, ext = formats.output_format(decoded.format, spec.format)
     derivation = None
     if decoded.format == "dicom":
-        derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": row.config_key}
+        derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": row.config_key,
+                      "syntax": spec.dicom_syntax}
     data = formats.encode_image(out, decoded, fmt, quality=spec.quality, dpi_scale=out.shape[1] / decoded.shape[1],
                                 compress_level=spec.compress_level, derivation=derivation)
     return data, fmt, ext
