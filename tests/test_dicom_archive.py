@@ -316,3 +316,23 @@ def test_the_default_dicom_syntax_leaves_the_resume_key_as_it_was():
     assert RunSpec(src="a", dst="b", model="bicubic", dicom_syntax="rle").resolved(model, engine)["dicom_syntax"] == "rle"
     with pytest.raises(ValueError, match="DICOM syntax must be one of explicit, keep, rle, jpeg2000"):
         RunSpec(src="a", dst="b", model="bicubic", dicom_syntax="jpeg")
+
+
+def test_32_bit_samples_at_the_top_of_their_range_stay_there(tmp_path):
+    ds = pydicom.dcmread(bundled("SC_rgb_rle_32bit.dcm"))
+    pixels = ds.pixel_array.copy()
+    pixels[20:40, 20:40] = 2**32 - 1  # float32 rounds this up to 2**32, which would wrap to 0
+    ds.PixelData = pixels.astype("<u4").tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    (tmp_path / "src").mkdir()
+    ds.save_as(tmp_path / "src" / "rgb32.dcm")
+    summary, rows = run(tmp_path / "src", tmp_path / "dst")
+    assert summary["ok"] == 1, summary["failures"]
+    out = pydicom.dcmread(tmp_path / "dst" / "rgb32.dcm")
+    assert (out.BitsAllocated, out.BitsStored, out.SamplesPerPixel) == (32, 32, 3)
+    sr = out.pixel_array
+    assert sr.dtype == np.uint32 and sr.shape == (200, 200, 3)
+    assert (sr[44:76, 44:76] == 2**32 - 1).all()
+    expected = np.clip(np.rint(bicubic(pixels.astype(np.float64))), 0, 2**32 - 1)
+    assert np.abs(sr.astype(np.float64) - expected).max() <= 2**32 * 2**-23  # float32 model precision
+    assert "32-bit samples" in rows["rgb32.dcm"]["metrics_note"]

@@ -169,7 +169,8 @@ def _bomb_message(exc: Exception, max_pixels: int | None) -> str:
 def _check_decoded(decoded: DecodedImage, label: str) -> None:
     """What every decoder promises, checked once: H x W x C of a supported type."""
     pixels = decoded.pixels
-    if pixels.ndim != 3 or 0 in pixels.shape or pixels.dtype.name not in TIFF_DTYPES:
+    types = TIFF_DTYPES + (("uint32", "int32") if decoded.format == "dicom" else ())  # DICOM dose grids
+    if pixels.ndim != 3 or 0 in pixels.shape or pixels.dtype.name not in types:
         raise ImageDecodeError(f"{label}: decoded to {pixels.shape} {pixels.dtype}, not an image we can upscale")
     if decoded.raster is None and (pixels.shape[2] > 4 or pixels.dtype == np.int16):
         raise ImageDecodeError(f"{label}: decoded to {pixels.shape[2]} {pixels.dtype} channels without raster info")

@@ -47,9 +47,11 @@ The output is a new instance derived from the input, in a new series:
 - Stale attributes removed: Smallest/LargestImagePixelValue, the series equivalents,
   the palette lookup tables, and overlay planes (sized for the old Rows and Columns).
 
+32-bit samples (RT dose grids) are read and written too; the model sees them in float32.
+
 Not supported (a failed row saying why): no pixel data, float pixel data, 1-bit (binary
-segmentations) and 32-bit samples, other photometric interpretations, and transfer
-syntaxes without an installed decoder.
+segmentations) samples, other photometric interpretations, and transfer syntaxes without
+an installed decoder.
 
 Privacy: the manifest gets UIDs and spacings only (see `describe`); nothing here puts a
 patient attribute (name, ID, birth date, ...) into an error message or a log.
@@ -69,6 +71,7 @@ from pipeline.formats.base import DecodedImage, ImageDecodeError, ImageEncodeErr
 from pipeline.formats.base import check_size as _check_size
 from pipeline.raster import RasterInfo
 
+DICOM_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32")  # decoded sample types (32-bit: dose grids)
 SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 STALE_KEYWORDS = ("SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
                   "LargestPixelValueInSeries")
@@ -163,10 +166,10 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
                                f"(supported: {', '.join(SUPPORTED_PHOTOMETRIC)})")
     allocated = int(ds.BitsAllocated)
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if (allocated, signed) not in ((8, False), (16, False), (16, True)):
+    if (allocated, signed) not in ((8, False), (16, False), (16, True), (32, False), (32, True)):
         what = "1-bit (binary mask)" if allocated == 1 else f"{allocated}-bit {'signed' if signed else 'unsigned'}"
         raise ImageDecodeError(f"{label}: DICOM with {what} samples is not supported "
-                               "(8-bit unsigned, 16-bit signed or unsigned)")
+                               "(8-bit unsigned, 16- and 32-bit signed or unsigned)")
     syntax = ds.file_meta.TransferSyntaxUID
     try:
         decoder = pydicom.pixels.get_decoder(syntax)
@@ -198,9 +201,11 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
     samples = 3 if decoded_as == "RGB" else 1
     array = array.reshape((frames, rows, cols, samples))  # pydicom drops the frame and sample axes of 1
     dtype = np.dtype(array.dtype.str[1:]).newbyteorder("=") if array.dtype.kind in "ui" else array.dtype
-    if dtype.name not in ("uint8", "uint16", "int16"):
+    if dtype.name not in DICOM_DTYPES:
         raise ImageDecodeError(f"{label}: DICOM pixel data decoded to {array.dtype}, which is not supported")
     array = array.astype(dtype, copy=False)
+    if dtype.itemsize == 4:
+        notes.append("32-bit samples: the model sees them in float32 (24 significant bits)")
     if frames == 1:
         pixels = array[0]
     else:  # H x W x (frames x samples); a view when samples == 1
@@ -469,7 +474,10 @@ def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = 
     ds.PhotometricInterpretation = photometric  # set_pixel_data checks the dataset's own values too
     ds.file_meta = copy.deepcopy(src.file_meta) if getattr(src, "file_meta", None) is not None else FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    pydicom.pixels.set_pixel_data(ds, np.ascontiguousarray(data), photometric, bits, generate_instance_uid=False)
+    if data.dtype.itemsize == 4:
+        _set_32_bit_pixel_data(ds, np.ascontiguousarray(data), frames, samples, bits)
+    else:
+        pydicom.pixels.set_pixel_data(ds, np.ascontiguousarray(data), photometric, bits, generate_instance_uid=False)
     if "NumberOfFrames" in src:
         ds.NumberOfFrames = frames  # set_pixel_data drops it for one frame; multi-frame IODs require it
     target = output_syntax(syntax, source_syntax)
@@ -488,6 +496,23 @@ def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = 
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, enforce_file_format=True, little_endian=True, implicit_vr=False)
     return out.getvalue()
+
+
+def _set_32_bit_pixel_data(ds, data: np.ndarray, frames: int, samples: int, bits: int) -> None:
+    """What set_pixel_data does for 8 and 16 bits (it refuses 32): the Image Pixel module's
+    attributes from the array, native little-endian pixel data."""
+    ds.Rows, ds.Columns = data.shape[1:3] if frames > 1 else data.shape[:2]
+    ds.SamplesPerPixel = samples
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    elif "PlanarConfiguration" in ds:
+        del ds.PlanarConfiguration
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, bits, bits - 1
+    ds.PixelRepresentation = int(data.dtype.kind == "i")
+    ds.PixelData = data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+    ds["PixelData"].VR = "OW"
 
 
 def describe(like: DecodedImage, out_shape: tuple, uid_seed: str | None) -> dict:

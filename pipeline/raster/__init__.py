@@ -273,6 +273,8 @@ class BandPlan:
     def _to_dtype(self, out: np.ndarray) -> np.ndarray:
         if np.issubdtype(self.dtype, np.integer):
             lo, hi = self.stored_range or _type_range(self.dtype)
+            if self.dtype.itemsize == 4:  # float32 cannot hold 2**32 - 1: it would round up and wrap to 0
+                out = out.astype(np.float64, copy=False)
             return np.clip(np.rint(out), lo, hi).astype(self.dtype)
         return out.astype(self.dtype)
 
