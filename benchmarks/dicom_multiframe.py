@@ -7,7 +7,7 @@ position per frame), made with pydicom in a temporary folder, upscaled x2 by
 Cases, each in a process of its own so each peak is its own:
 
 - ct200_x2_bicubic: all 200 frames, `bicubic` (input 100 MiB, output 400 MiB);
-- ct8_x2_edsr: 8 frames of the same, the bundled `edsr-x2` model.
+- ct4_x2_edsr: 4 frames of the same, the bundled `edsr-x2` model.
 
 `peak_rss_mib` is ru_maxrss of the child (it includes some 430 MiB of torch's shared-library
 pages); `input_mib` / `output_mib` the pixel data. Prints one JSON object.
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = {"ct200_x2_bicubic": ("bicubic", None), "ct8_x2_edsr": ("edsr-x2", 8)}
+CASES = {"ct200_x2_bicubic": ("bicubic", None), "ct4_x2_edsr": ("edsr-x2", 4)}
 
 
 def make_ct(path: Path, frames: int, size: int) -> None:
@@ -132,6 +132,7 @@ def main(argv=None) -> None:
                                    check=True, capture_output=True, text=True)
             results[case] = {"frames": frames or args.frames, "model": model, "seconds_to_make": made,
                              **json.loads(child.stdout.strip().splitlines()[-1])}
+            print(json.dumps({case: results[case]}), file=sys.stderr, flush=True)  # progress
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))

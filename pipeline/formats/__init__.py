@@ -29,8 +29,9 @@ its bands in their order and type (uint8, uint16, int16, float32), its georefere
 nodata and GDAL metadata, and is written back only as TIFF, with the georeferencing
 rescaled (geotiff.py), whichever decoder read it (tiff.py). A georeferenced raster keeps
 its stored pixel grid (the Orientation tag is not applied: the geotransform refers to the
-stored grid). DICOM (dicom.py, the optional ``dicom`` extra) decodes its stored values and
-is written back as a derived DICOM instance.
+stored grid). DICOM (dicom.py, the optional ``dicom`` extra) decodes its stored values, every
+frame of a multi-frame instance (H x W x frames*samples, ``raster.frames``), and is written
+back as a derived DICOM instance.
 
 Modules: sniff (magic bytes), pillow (PNG 8-bit, JPEG, WebP, BMP, GIF, libtiff TIFFs),
 png16, tiff, geotiff, dicom, windows (streaming reads), base (the shared types). Every
@@ -124,7 +125,7 @@ _DECODERS = {
 def decode_image(
     data: bytes, *, name: str = "", max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> DecodedImage:
-    """Decode the first frame to H x W x C at the source's bit depth, upright.
+    """Decode the first frame (DICOM: every frame) to H x W x C at the source's bit depth, upright.
 
     Every failure is an ImageDecodeError naming the file, in one line; the library's
     own exception is kept as __cause__.
