@@ -233,8 +233,8 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
                      help="zlib level for PNG and TIFF (default 1: fast; 6 is about 10%% smaller and 4x slower)")
     run.add_argument("--dicom-syntax", choices=SYNTAX_CHOICES, default="explicit",
                      help="DICOM output transfer syntax, lossless only: 'explicit' (Explicit VR Little Endian, "
-                          "uncompressed), 'rle' (RLE Lossless), 'jpeg2000' (JPEG 2000 Lossless), 'keep' (the input's "
-                          "when it is lossless and an encoder is installed, else explicit) (default: %(default)s)")
+                          "uncompressed), 'rle' (RLE Lossless), 'keep' (the input's when it is RLE Lossless, or "
+                          "JPEG-LS Lossless with pyjpegls installed; else explicit) (default: %(default)s)")
     run.add_argument("--reference", default=None,
                      help="folder of high-resolution references for PSNR/SSIM/LPIPS (default: none, no-reference metrics only)")
     run.add_argument("--include", action="append", default=[],

@@ -63,6 +63,7 @@ import copy
 import datetime as dt
 import io
 import json
+import tempfile
 
 import numpy as np
 
@@ -126,10 +127,12 @@ LOSSY_SYNTAXES = {  # transfer syntaxes whose pixel data has been through lossy 
     "1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
     "1.2.840.10008.1.2.4.81": "ISO_14495_1",
 }
-# --dicom-syntax: how the derived instance's pixel data is written (`output_syntax`)
-SYNTAX_CHOICES = ("explicit", "keep", "rle", "jpeg2000")
-_ENCODED = {"rle": "1.2.840.10008.1.2.5", "jpeg2000": "1.2.840.10008.1.2.4.90"}  # RLE, JPEG 2000 Lossless
-_KEPT = ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80")  # + JPEG-LS Lossless
+# --dicom-syntax: how the derived instance's pixel data is written (`output_syntax`). No JPEG
+# 2000: pylibjpeg-openjpeg 2.6's encoder crashed the process (segfault, about one run in three)
+# when the job's writer threads used it, while decoding in threads never did.
+SYNTAX_CHOICES = ("explicit", "keep", "rle")
+_ENCODED = {"rle": "1.2.840.10008.1.2.5"}  # RLE Lossless: pydicom's own encoder
+_KEPT = ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80")  # RLE Lossless, JPEG-LS Lossless (with pyjpegls)
 PALETTE_KEYWORDS = tuple(f"{colour}PaletteColorLookupTable{part}" for colour in ("Red", "Green", "Blue")
                          for part in ("Descriptor", "Data")) + tuple(
     f"Segmented{colour}PaletteColorLookupTableData" for colour in ("Red", "Green", "Blue")) + (
@@ -390,9 +393,9 @@ def derived_uids(ds, uid_seed: str | None) -> tuple[str, str]:
 
 def output_syntax(choice: str, source_syntax: str) -> str | None:
     """The transfer syntax UID to re-encode in, or None for Explicit VR Little Endian.
-    `keep`: the source's own when it is lossless and pydicom has an encoder for it here
-    (RLE Lossless; JPEG 2000 Lossless with openjpeg; JPEG-LS Lossless with pyjpegls), so an
-    archive stays as compact as it was without a lossy step; otherwise uncompressed."""
+    `keep`: the source's own when it is lossless and pydicom has an encoder for it here that
+    we use (RLE Lossless; JPEG-LS Lossless with pyjpegls), so an archive stays as compact as
+    it was without a lossy step; otherwise uncompressed."""
     if choice not in SYNTAX_CHOICES:
         raise ValueError(f"DICOM syntax must be one of {', '.join(SYNTAX_CHOICES)}, not {choice!r}")
     if choice == "explicit":
@@ -493,9 +496,19 @@ def encode(pixels: np.ndarray, like: DecodedImage, *, description: str | None = 
     ds.file_meta.MediaStorageSOPClassUID = src.SOPClassUID
     for _element in ds.iterall():  # parses every raw element (one read as implicit VR gets its VR here)
         pass
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, ds, enforce_file_format=True, little_endian=True, implicit_vr=False)
-    return out.getvalue()
+    # Memory, for large multi-frame outputs: a buffered value is written straight from its
+    # buffer (which shares the bytes; pydicom otherwise copies an element into a buffer of its
+    # own first), and a file read back is one allocation of its size, where a growing BytesIO
+    # reallocates and copies as it grows.
+    pixel_data = io.BytesIO(ds.PixelData) if target is None else None  # (compressed: smaller, as pydicom made it)
+    if pixel_data is not None:
+        ds["PixelData"].value = pixel_data
+    with tempfile.TemporaryFile() as fh:
+        pydicom.dcmwrite(fh, ds, enforce_file_format=True, little_endian=True, implicit_vr=False)
+        if pixel_data is not None:
+            pixel_data.close()  # frees the pixel bytes (the dataset's reference cycles would keep them)
+        fh.seek(0)
+        return fh.read()
 
 
 def _set_32_bit_pixel_data(ds, data: np.ndarray, frames: int, samples: int, bits: int) -> None:
