@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from pipeline.formats import DEFAULT_MAX_PIXELS
 from pipeline.formats.nifti import PLANES as NIFTI_PLANES
+from pipeline.formats.dicom import SYNTAX_CHOICES as DICOM_SYNTAXES
 from pipeline.raster import BAND_MODES, RADIOMETRIC_MODES
 
 DEFAULT_STREAM_THRESHOLD = 4096 * 4096
@@ -62,6 +63,7 @@ class RunSpec:
     # STAC Items: the source's Item for `derived_from` (a template or a key -> URL file); only the
     # Items' links depend on it, not the outputs, so it is not in the resume key
     stac_source: str | None = _setting(group="output")
+    dicom_syntax: str = _setting("explicit", group="output", output=True)  # DICOM_SYNTAXES; lossless only
     # raster
     band_mode: str = _setting("rgb+gray", group="raster", output=True)
     radiometric: str = _setting("auto", group="raster", output=True)
@@ -91,6 +93,8 @@ class RunSpec:
             raise ValueError(f"stream threshold must be a pixel count >= 0, not {self.stream_threshold!r}")
         if self.scale is not None and self.scale <= 0:
             raise ValueError(f"scale must be positive, not {self.scale}")
+        if self.dicom_syntax not in DICOM_SYNTAXES:
+            raise ValueError(f"DICOM syntax must be one of {', '.join(DICOM_SYNTAXES)}, not {self.dicom_syntax!r}")
 
     @classmethod
     def from_record(cls, recorded: dict, **overrides) -> "RunSpec":
@@ -121,6 +125,8 @@ class RunSpec:
         deep = engine.get("precision_above_8_bits", engine["precision"])
         if deep != engine["precision"]:  # `auto`'s bf16 with 16-bit images in fp32 is not `--precision bf16`
             values["precision_above_8_bits"] = deep
+        if self.dicom_syntax == "explicit":  # in the key only when set: runs made before the option keep theirs
+            values.pop("dicom_syntax")
         return values
 
     def config_key(self, model, engine: dict) -> str:

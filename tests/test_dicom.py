@@ -10,17 +10,19 @@ import pyarrow.parquet as pq
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.data import get_testdata_file  # noqa: E402
 
 from pipeline import metrics  # noqa: E402
 from pipeline.inference.engine import Upscaler  # noqa: E402
 from pipeline.formats import decode_image  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
-from pipeline.job.local import run_local
+from pipeline.job.local import run_local  # noqa: E402
 from pipeline.spec import RunSpec  # noqa: E402
 
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # bundled: never downloaded
+
+
 def bundled(name: str) -> Path:
-    return Path(get_testdata_file(name))
+    return TEST_FILES / name
 
 
 def run(src: Path, dst: Path, **options) -> tuple[dict, dict]:

@@ -224,6 +224,8 @@ def add_price_option(p: argparse.ArgumentParser) -> None:
 
 def add_run_options(run: argparse.ArgumentParser) -> None:
     """What a run does (shared by `run` and `plan`)."""
+    from pipeline.formats.dicom import SYNTAX_CHOICES  # numpy, no torch
+
     run.add_argument("src", help="source prefix, object or local folder (fsspec URL or path)")
     run.add_argument("dst", help="destination prefix (fsspec URL or path); for a single-file SRC, a file name with "
                                  "an image extension: SRC's name with that extension (photo.jpg -> out/photo.png)")
@@ -234,6 +236,10 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
                           "stem never share an output (without it, such sources are refused, each naming the other)")
     run.add_argument("--compress-level", type=int, choices=range(10), default=1, metavar="0-9",
                      help="zlib level for PNG and TIFF (default 1: fast; 6 is about 10%% smaller and 4x slower)")
+    run.add_argument("--dicom-syntax", choices=SYNTAX_CHOICES, default="explicit",
+                     help="DICOM output transfer syntax, lossless only: 'explicit' (Explicit VR Little Endian, "
+                          "uncompressed), 'rle' (RLE Lossless), 'keep' (the input's when it is RLE Lossless, or "
+                          "JPEG-LS Lossless with pyjpegls installed; else explicit) (default: %(default)s)")
     run.add_argument("--reference", default=None,
                      help="folder of high-resolution references for PSNR/SSIM/LPIPS (default: none, no-reference metrics only)")
     run.add_argument("--include", action="append", default=[],
@@ -294,7 +300,7 @@ def config_from_args(args):
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
         nifti_plane=args.nifti_plane, time_limit=args.time_limit, storage_failures=args.storage_failures,
-        keep_extension=args.keep_extension, stac_source=args.stac_source,
+        keep_extension=args.keep_extension, stac_source=args.stac_source, dicom_syntax=args.dicom_syntax,
     )
 
 

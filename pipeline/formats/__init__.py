@@ -29,10 +29,11 @@ its bands in their order and type (uint8, uint16, int16, float32), its georefere
 nodata and GDAL metadata, and is written back only as TIFF, with the georeferencing
 rescaled (geotiff.py), whichever decoder read it (tiff.py). A georeferenced raster keeps
 its stored pixel grid (the Orientation tag is not applied: the geotransform refers to the
-stored grid). DICOM (dicom.py, the optional ``dicom`` extra) decodes its stored values and
-is written back as a derived DICOM instance. NIfTI volumes (nifti.py, the optional ``nifti``
-extra) decode to their stack of slices (H x W x slices) in the stored type and are
-written back as the same kind of NIfTI, affine and zooms rescaled in-plane.
+stored grid). DICOM (dicom.py, the optional ``dicom`` extra) decodes its stored values, every
+frame of a multi-frame instance (H x W x frames*samples, ``raster.frames``), and is written
+back as a derived DICOM instance. NIfTI volumes (nifti.py, the optional ``nifti`` extra)
+decode to their stack of slices (H x W x slices) in the stored type and are written back
+as the same kind of NIfTI, affine and zooms rescaled in-plane.
 
 Modules: sniff (magic bytes), pillow (PNG 8-bit, JPEG, WebP, BMP, GIF, libtiff TIFFs),
 png16, tiff, geotiff, dicom, nifti, windows (streaming reads), base (the shared types). Every
@@ -138,8 +139,8 @@ _DECODERS = {
 def decode_image(
     data: bytes, *, name: str = "", max_pixels: int | None = DEFAULT_MAX_PIXELS, nifti_plane: str = "auto"
 ) -> DecodedImage:
-    """Decode the first frame to H x W x C at the source's bit depth, upright; a NIfTI
-    volume to its slices in `nifti_plane` (nifti.py), max_pixels then counting voxels.
+    """Decode the first frame (DICOM: every frame) to H x W x C at the source's bit depth,
+    upright; a NIfTI volume to its slices in `nifti_plane` (nifti.py), max_pixels then counting voxels.
 
     Every failure is an ImageDecodeError naming the file, in one line; the library's
     own exception is kept as __cause__.
@@ -187,8 +188,11 @@ def _bomb_message(exc: Exception, max_pixels: int | None) -> str:
 def _check_decoded(decoded: DecodedImage, label: str) -> None:
     """What every decoder promises, checked once: H x W x C of a supported type."""
     pixels = decoded.pixels
-    dtypes = nifti.DTYPES if is_volume(decoded) else TIFF_DTYPES
-    if pixels.ndim != 3 or 0 in pixels.shape or pixels.dtype.name not in dtypes:
+    if is_volume(decoded):
+        types = nifti.DTYPES
+    else:
+        types = TIFF_DTYPES + (("uint32", "int32") if decoded.format == "dicom" else ())  # DICOM dose grids
+    if pixels.ndim != 3 or 0 in pixels.shape or pixels.dtype.name not in types:
         raise ImageDecodeError(f"{label}: decoded to {pixels.shape} {pixels.dtype}, not an image we can upscale")
     if decoded.raster is None and (pixels.shape[2] > 4 or pixels.dtype == np.int16):
         raise ImageDecodeError(f"{label}: decoded to {pixels.shape[2]} {pixels.dtype} channels without raster info")

@@ -19,7 +19,7 @@ def sniff(data: bytes) -> str | None:
     """"png" | "jpeg" | "gif" | "webp" | "tiff" | "bmp" | "dicom" | "nifti" | "nifti-gz", or None.
     A gzip file is NIfTI when its decompressed header is (.nii.gz): its content decides, not its name."""
     if data[128:132] == b"DICM":  # DICOM Part 10 (first: its preamble may hold a TIFF header)
-        return "dicom"
+        return "dicom"  # (a DICOM data set without the preamble: last, `bare_dicom`)
     if data.startswith(PNG_MAGIC):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -36,6 +36,8 @@ def sniff(data: bytes) -> str | None:
         return "nifti"
     if data.startswith(GZIP_MAGIC) and is_nifti(gunzip_head(data)):
         return "nifti-gz"
+    if bare_dicom(data):
+        return "dicom"
     return None
 
 
@@ -51,6 +53,32 @@ def gunzip_head(data: bytes, size: int = 540) -> bytes:
         return inflate.decompress(data[:1 << 16], size)
     except zlib.error:
         return b""
+
+
+# The elements a DICOM data set without preamble starts with, and their VRs: the file meta
+# group's first, or (no meta) group 0008's first (lengths, character set, image type, SOP class).
+_FIRST_ELEMENTS = {(0x0002, 0x0000): b"UL", (0x0002, 0x0001): b"OB", (0x0008, 0x0000): b"UL",
+                   (0x0008, 0x0005): b"CS", (0x0008, 0x0008): b"CS", (0x0008, 0x0012): b"DA",
+                   (0x0008, 0x0016): b"UI", (0x0008, 0x0018): b"UI"}
+
+
+def bare_dicom(data: bytes) -> bool:
+    """A DICOM data set without the 128-byte preamble (optionally with "DICM" first): its first
+    element is one of those above, with its VR (explicit VR, either byte order) or an
+    even length that fits the file (implicit VR)."""
+    data = data[4:] if data[:4] == b"DICM" else data
+    if len(data) < 8:
+        return False
+    for order in ("little", "big"):
+        tag = (int.from_bytes(data[0:2], order), int.from_bytes(data[2:4], order))
+        if tag not in _FIRST_ELEMENTS:
+            continue
+        if data[4:6] == _FIRST_ELEMENTS[tag]:
+            return True
+        length = int.from_bytes(data[4:8], "little")
+        if order == "little" and length % 2 == 0 and 0 < length < len(data):
+            return True
+    return False
 
 
 def png_bit_depth(data: bytes) -> int | None:

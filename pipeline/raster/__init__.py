@@ -91,6 +91,7 @@ class RasterInfo:
     extrasamples: tuple = ()  # TIFF ExtraSamples of the source
     value_map: object | None = None  # DICOM modality LUT: .forward(stored), .inverse(values), .domain
     stored_range: tuple[float, float] | None = None  # valid stored values (DICOM BitsStored)
+    frames: int = 1  # DICOM multi-frame: the pixels are H x W x (frames x bands), frame-major
 
 
 class BandStats:
@@ -272,6 +273,8 @@ class BandPlan:
     def _to_dtype(self, out: np.ndarray) -> np.ndarray:
         if np.issubdtype(self.dtype, np.integer):
             lo, hi = self.stored_range or _type_range(self.dtype)
+            if self.dtype.itemsize == 4:  # float32 cannot hold 2**32 - 1: it would round up and wrap to 0
+                out = out.astype(np.float64, copy=False)
             return np.clip(np.rint(out), lo, hi).astype(self.dtype)
         return out.astype(self.dtype)
 
@@ -422,11 +425,43 @@ def _plain_plan(dtype: np.dtype, bands: int, stats: BandStats, photos: str = "dt
                     alpha=alpha, alpha_resample="engine")
 
 
+@dataclass
+class FramePlan:
+    """A multi-frame image (DICOM), H x W x (frames x bands) frame-major: every frame goes through
+    one BandPlan, whose ranges are taken over all frames so that the frames map alike, with a
+    validity mask of its own; stages/infer.py runs the frames in groups, so memory stays bounded
+    whatever the frame count."""
+
+    frame: BandPlan
+    frames: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.frame.dtype
+
+    @property
+    def bands(self) -> int:
+        return self.frame.bands * self.frames
+
+    def pixels_of(self, pixels: np.ndarray, index: int) -> np.ndarray:
+        return pixels[..., index * self.frame.bands : (index + 1) * self.frame.bands]
+
+    def bands_json(self) -> str:
+        return json.dumps({**json.loads(self.frame.bands_json()), "frames": self.frames})
+
+    def radiometric_json(self) -> str:
+        return self.frame.radiometric_json()
+
+
 def plan_for(pixels: np.ndarray, info: RasterInfo | None, *, band_mode: str = "rgb+gray",
-             radiometric: str = "auto", photos: str = "auto") -> BandPlan:
-    """The plan of an image held in memory."""
+             radiometric: str = "auto", photos: str = "auto") -> BandPlan | FramePlan:
+    """The plan of an image held in memory (a FramePlan for a multi-frame one)."""
     nodata = info.nodata if info is not None else None
     value_map = info.value_map if info is not None else None
-    stats = BandStats(pixels.shape[2], nodata, value_map).update(pixels)
-    return make_plan(info, pixels.dtype, pixels.shape[2], stats, band_mode=band_mode, radiometric=radiometric,
-                     photos=photos)
+    frames = info.frames if info is not None else 1
+    bands = pixels.shape[2] // frames
+    stats = BandStats(bands, nodata, value_map)
+    for index in range(frames):  # frame by frame: the float temporaries of one frame at a time
+        stats.update(pixels[..., index * bands : (index + 1) * bands])
+    plan = make_plan(info, pixels.dtype, bands, stats, band_mode=band_mode, radiometric=radiometric, photos=photos)
+    return plan if frames == 1 else FramePlan(plan, frames)

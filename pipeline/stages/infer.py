@@ -7,6 +7,7 @@ image at fault fails. A raster's outputs are mapped back to its bands and nodata
 A volume (NIfTI) goes alone: its slices, all of one shape, share forward passes in
 groups sized to VOLUME_GROUP_BYTES, each slice mapped to [0, 1] and back by the volume's
 one plan, so memory holds one group's float planes beside the volume and its output.
+A multi-frame image's frames go through the engine in groups (`_frames`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 import numpy as np
 
-from pipeline import formats
+from pipeline import formats, raster
 from pipeline.stages import ImageWork, stage
 from pipeline.stages import stream
 
@@ -29,7 +30,10 @@ def infer(group: list[ImageWork], upscaler, scale: float | None, time_limit: flo
             _stream(work, upscaler, scale, time_limit)
         elif work.alive and work.decoded is not None and formats.is_volume(work.decoded):
             _volume(work, upscaler, scale, time_limit)
-    live = [w for w in group if w.alive and w.decoded is not None and not formats.is_volume(w.decoded)]
+        elif work.alive and isinstance(work.plan, raster.FramePlan):
+            _frames(work, upscaler, scale, time_limit)
+    live = [w for w in group if w.alive and w.decoded is not None and not formats.is_volume(w.decoded)
+            and not isinstance(w.plan, raster.FramePlan)]
     if not live:
         return
     started = time.perf_counter()
@@ -63,6 +67,43 @@ def infer(group: list[ImageWork], upscaler, scale: float | None, time_limit: flo
             work.output = work.plan.restore(outputs[start : start + count], work.decoded.pixels, work.valid,
                                             upscaler.output_size(h, w, scale))
             work.inputs = None
+
+
+FRAME_GROUP_VALUES = 1 << 24  # output values of a group of frames: 64 MiB of float32 per colour plane
+
+
+def _frames(work: ImageWork, upscaler, scale: float | None, time_limit: float | None) -> None:
+    """A multi-frame image (raster.FramePlan): its frames in groups of equal shape (which share
+    the engine's forward passes), each frame filled, restored and scored (lr_psnr, summed over the
+    frames) on its own, into one output: the model's float temporaries are one group's, whatever
+    the frame count. `time_limit` is per frame."""
+    started = time.perf_counter()
+    plan, pixels = work.plan, work.decoded.pixels
+    one, count = plan.frame, plan.frames
+    h, w = pixels.shape[:2]
+    deadline = time.monotonic() + time_limit * count if time_limit else None
+    with stage(work, "infer"):
+        oh, ow = upscaler.output_size(h, w, scale)
+        out = np.empty((count, oh, ow, one.bands), plan.dtype)
+        score = stream._LrScore(one)
+        per_group = max(1, FRAME_GROUP_VALUES // (oh * ow))
+        whole = (slice(None), slice(None))
+        for first in range(0, count, per_group):
+            frames = [plan.pixels_of(pixels, f) for f in range(first, min(count, first + per_group))]
+            valid = [one.valid(p) for p in frames]
+            inputs = [one.inputs(p, v) for p, v in zip(frames, valid)]
+            outputs = upscaler.upscale([x for ins in inputs for x in ins], scale, deadline=deadline)
+            at = 0
+            for k, (p, v, ins) in enumerate(zip(frames, valid, inputs)):
+                out[first + k] = one.restore(outputs[at : at + len(ins)], p, v, (oh, ow))
+                at += len(ins)
+                score.add(out[first + k], p, v, whole)
+            del inputs, outputs
+        work.output = np.moveaxis(out, 0, 2).reshape(oh, ow, count * one.bands)  # a view for one band
+        work.row.lr_psnr = score.value()
+        work.row.precision = upscaler.precision_for("float32")  # frames reach the model as float planes
+        _record_tiling(work, upscaler, h, w)
+    work.row.seconds_infer = time.perf_counter() - started
 
 
 def _record_tiling(work: ImageWork, upscaler, height: int, width: int) -> None:

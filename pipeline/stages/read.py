@@ -94,6 +94,7 @@ def decode(work: ImageWork, data: bytes, spec) -> None:
         decoded = formats.decode_image(data, name=work.source.uri, max_pixels=spec.max_pixels,
                                        nifti_plane=spec.nifti_plane)
         h, w, c = decoded.pixels.shape
+        c //= decoded.raster.frames if decoded.raster is not None else 1  # a multi-frame image: per frame
         work.row.update(dict(width=w, height=h, channels=c, dtype=str(decoded.pixels.dtype),
                              src_format=decoded.format, src_mode=decoded.mode))
         for note in decoded.info.get("notes", ()):
@@ -111,7 +112,7 @@ def decode(work: ImageWork, data: bytes, spec) -> None:
     with stage(work, "band plan"):
         work.plan = raster.plan_for(decoded.pixels, decoded.raster, band_mode=spec.band_mode,
                                     radiometric=spec.radiometric)
-    if work.alive:
+    if work.alive and isinstance(work.plan, raster.BandPlan):  # a FramePlan's frames: in the infer stage
         with stage(work, "nodata fill"):
             work.valid = work.plan.valid(decoded.pixels)
             work.inputs = work.plan.inputs(decoded.pixels, work.valid)

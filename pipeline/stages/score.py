@@ -21,11 +21,12 @@ from pipeline.stages import ImageWork, stage
 
 
 def score(work: ImageWork, reference=None) -> ImageWork:
-    """Metrics of an `ok` output (streamed images and volumes have their lr_psnr from the
-    window or slice loop)."""
-    if work.alive and work.output is not None and formats.is_volume(work.decoded):
+    """Metrics of an `ok` output (streamed images, volumes and multi-frame images have their
+    lr_psnr from the window, slice or frame loop)."""
+    volume, frames = work.decoded is not None and formats.is_volume(work.decoded), isinstance(work.plan, raster.FramePlan)
+    if work.alive and work.output is not None and (volume or frames):
         if reference is not None:
-            work.row.note("reference metrics are not computed for volumes")
+            work.row.note(f"reference metrics are not computed for {'volumes' if volume else 'multi-frame images'}")
     elif work.alive and work.output is not None:
         with stage(work, "score"):
             values = metrics_for(work.decoded.pixels, work.output, work.source.key, reference,

@@ -46,7 +46,8 @@ def encode(work: ImageWork, spec) -> tuple[bytes, str, str]:
     fmt, ext = formats.output_format(decoded.format, spec.format)
     derivation = None
     if decoded.format == "dicom":
-        derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": row.config_key}
+        derivation = {"description": _derivation_text(row, out, decoded), "uid_seed": row.config_key,
+                      "syntax": spec.dicom_syntax}
     elif formats.is_volume(decoded):  # descrip holds 80 bytes: the factor and the model's name
         model = posixpath.basename(str(row.model or "").rstrip("/"))
         derivation = {"description": f"upscaler x{out.shape[1] / decoded.shape[1]:g} in-plane, {model}"}
