@@ -63,7 +63,7 @@ class RunSpec:
     # STAC Items: the source's Item for `derived_from` (a template or a key -> URL file); only the
     # Items' links depend on it, not the outputs, so it is not in the resume key
     stac_source: str | None = _setting(group="output")
-    dicom_syntax: str = _setting("explicit", group="output", output=True)  # DICOM_SYNTAXES; lossless only
+    dicom_syntax: str = _setting("explicit", group="output", output=True, later=True)  # DICOM_SYNTAXES; lossless only
     # raster
     band_mode: str = _setting("rgb+gray", group="raster", output=True)
     radiometric: str = _setting("auto", group="raster", output=True)
@@ -125,8 +125,6 @@ class RunSpec:
         deep = engine.get("precision_above_8_bits", engine["precision"])
         if deep != engine["precision"]:  # `auto`'s bf16 with 16-bit images in fp32 is not `--precision bf16`
             values["precision_above_8_bits"] = deep
-        if self.dicom_syntax == "explicit":  # in the key only when set: runs made before the option keep theirs
-            values.pop("dicom_syntax")
         return values
 
     def config_key(self, model, engine: dict) -> str:
