@@ -35,16 +35,6 @@ def run_local(spec, *, progress: bool = False) -> dict:
 
 def _loop(todo, worker: Worker, sink: RowSink, batch: int) -> None:
     items = iter(todo)
-    # A resize (bicubic, lanczos) has no model whose forward passes images could share: each
-    # reader thread resizes its own images, so both cores work instead of one main thread.
-    resize_in_readers = worker.upscaler.interpolation
-
-    def read(planned):
-        work = worker.read(planned, sink.circuit)
-        if resize_in_readers:
-            worker.infer([work])
-        return work
-
     with ThreadPoolExecutor(2, thread_name_prefix="read") as readers, \
             ThreadPoolExecutor(2, thread_name_prefix="write") as writers:
         reading: deque[Future] = deque()
@@ -55,7 +45,7 @@ def _loop(todo, worker: Worker, sink: RowSink, batch: int) -> None:
                     planned = next(items, None)
                     if planned is None:
                         return
-                    reading.append(readers.submit(read, planned))
+                    reading.append(readers.submit(worker.read, planned, sink.circuit))
 
             refill()
             while reading:
@@ -63,8 +53,7 @@ def _loop(todo, worker: Worker, sink: RowSink, batch: int) -> None:
                 while reading and len(group) < batch:
                     group.append(reading.popleft().result())
                     refill()
-                if not resize_in_readers:
-                    worker.infer(group)
+                worker.infer(group)
                 for work in group:
                     writing.append(writers.submit(worker.finish, work))
                 while writing and (writing[0].done() or len(writing) > 2 * batch):
