@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from pipeline.formats import DEFAULT_MAX_PIXELS
-from pipeline.raster import BAND_MODES, RADIOMETRIC_MODES
+from pipeline.raster import BAND_MODES, RADIOMETRIC_MODES, RASTER_COMPRESSIONS, RASTER_FORMATS
 
 DEFAULT_STREAM_THRESHOLD = 4096 * 4096
 
@@ -55,6 +55,10 @@ class RunSpec:
     quality: int = _setting(95, group="output", output=True)
     compress_level: int = _setting(1, group="output", output=True)  # zlib level for PNG/TIFF
     keep_extension: bool = _setting(False, group="output", output=True)  # photo.gif -> photo.gif.png
+    # georeferenced rasters (formats/gdal.py): Cloud-Optimized GeoTIFF or tiled GeoTIFF, codec, block side
+    raster_format: str = _setting("cog", group="output", output=True)
+    raster_compress: str = _setting("deflate", group="output", output=True)
+    raster_blocksize: int = _setting(512, group="output", output=True)
     # raster
     band_mode: str = _setting("rgb+gray", group="raster", output=True)
     radiometric: str = _setting("auto", group="raster", output=True)
@@ -77,6 +81,13 @@ class RunSpec:
         if self.radiometric not in RADIOMETRIC_MODES:
             raise ValueError(f"radiometric scaling must be one of {', '.join(RADIOMETRIC_MODES)}, "
                              f"not {self.radiometric!r}")
+        if self.raster_format not in RASTER_FORMATS:
+            raise ValueError(f"raster format must be one of {', '.join(RASTER_FORMATS)}, not {self.raster_format!r}")
+        if self.raster_compress not in RASTER_COMPRESSIONS:
+            raise ValueError(f"raster compression must be one of {', '.join(RASTER_COMPRESSIONS)}, "
+                             f"not {self.raster_compress!r}")
+        if not isinstance(self.raster_blocksize, int) or self.raster_blocksize < 16 or self.raster_blocksize % 16:
+            raise ValueError(f"raster block size must be a multiple of 16 pixels, not {self.raster_blocksize!r}")
         if self.stream_threshold is None or self.stream_threshold < 0:
             raise ValueError(f"stream threshold must be a pixel count >= 0, not {self.stream_threshold!r}")
         if self.scale is not None and self.scale <= 0:

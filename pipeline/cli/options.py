@@ -260,6 +260,14 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--stream-threshold", type=int, default=4096 * 4096, metavar="PIXELS",
                      help="TIFFs with more pixels are read, upscaled and written window by window into a tiled (Big)TIFF, "
                           "memory bound by the window (default 16777216 = 4096 x 4096; 0: never)")
+    run.add_argument("--raster-format", choices=("cog", "gtiff"), default="cog",
+                     help="georeferenced rasters: 'cog' writes a Cloud-Optimized GeoTIFF with overviews (GDAL's COG "
+                          "driver), 'gtiff' a tiled GeoTIFF without overviews (default: %(default)s)")
+    run.add_argument("--raster-compress", choices=("deflate", "zstd", "lzw", "none"), default="deflate",
+                     help="georeferenced rasters: compression, at --compress-level for deflate and zstd, with a "
+                          "predictor (default: %(default)s)")
+    run.add_argument("--raster-blocksize", type=int, default=512, metavar="N",
+                     help="georeferenced rasters: tile side in pixels, a multiple of 16 (default: %(default)s)")
     run.add_argument("--limit", type=int, default=None, metavar="N",
                      help="pilot run: the first N images to do (default: all)")
     run.add_argument("--sample", type=int, default=None, metavar="N",
@@ -281,6 +289,7 @@ def config_from_args(args):
         include_quarantined=args.include_quarantined, limit=args.limit, sample=args.sample,
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
         time_limit=args.time_limit, storage_failures=args.storage_failures, keep_extension=args.keep_extension,
+        raster_format=args.raster_format, raster_compress=args.raster_compress, raster_blocksize=args.raster_blocksize,
     )
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JP2_MAGIC = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")  # JP2 box, raw J2K codestream
 
 
 def sniff(data: bytes) -> str | None:
-    """"png" | "jpeg" | "gif" | "webp" | "tiff" | "bmp" | "dicom", or None."""
+    """"png" | "jpeg" | "gif" | "webp" | "tiff" | "bmp" | "dicom" | "jp2", or None."""
     if data[128:132] == b"DICM":  # DICOM Part 10 (first: its preamble may hold a TIFF header)
         return "dicom"
     if data.startswith(PNG_MAGIC):
@@ -24,6 +25,8 @@ def sniff(data: bytes) -> str | None:
         return "webp"
     if data.startswith(TIFF_MAGIC):
         return "tiff"
+    if data.startswith(JP2_MAGIC):
+        return "jp2"
     if data.startswith(b"BM"):
         return "bmp"
     return None

@@ -23,7 +23,7 @@ import fsspec
 from pipeline import formats, store
 
 EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".gif": "gif", ".webp": "webp",
-                     ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom"}
+                     ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom", ".jp2": "jp2"}
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,13 @@ def read(work: ImageWork, spec, local_dir) -> ImageWork:
             job = stream.probe(work.source.uri, spec.storage_options, threshold=spec.stream_threshold,
                                name=work.source.uri)
             if job is not None:
-                if formats.output_format("tiff", spec.format)[0] != "tiff":
+                if formats.output_format(job.like.format, spec.format)[0] != "tiff":
                     h, w, _ = job.shape
                     raise formats.OutputFormatError(f"{w} x {h} pixels stream into a tiled TIFF; --format "
                                                     f"{spec.format} is not possible for it")
                 job.band_mode, job.radiometric, job.compress_level = spec.band_mode, spec.radiometric, \
                     spec.compress_level
+                job.output = (spec.raster_format, spec.raster_compress, spec.raster_blocksize)
                 job.local_dir = local_dir(work.planned.output_key)
                 work.stream = job
                 row.update(job.row_fields())

@@ -18,7 +18,7 @@ import fsspec
 
 from pipeline.store.retry import with_retries
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".dcm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".jp2")
 RESERVED_PREFIXES = ("_manifest/", "_report/", "_plans/")
 
 
