@@ -40,9 +40,9 @@ from rasterio.io import MemoryFile  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
 from pipeline.formats.base import (  # noqa: E402
-    TIFF_DTYPES, TYPE_SUFFIX, DecodedImage, ImageDecodeError, ImageEncodeError, ImageHeader, check_size,
+    TIFF_DTYPES, TYPE_SUFFIX, DecodedImage, ImageDecodeError, ImageEncodeError, ImageHeader, add_note, check_size,
 )
-from pipeline.raster import RasterInfo  # noqa: E402
+from pipeline.raster import RasterInfo, nodata_text, usable_nodata  # noqa: E402
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # a GDAL-tagged TIFF need not be georeferenced
 
@@ -244,8 +244,11 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
         info, dtype = raster_info(ds, label)
         pixels = np.moveaxis(ds.read(), 0, -1)
         fmt = DRIVER_FORMATS.get(ds.driver, "tiff")
-        return DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, mode=mode_of(ds.count, dtype, info),
-                            raster=info)
+        decoded = DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, mode=mode_of(ds.count, dtype, info),
+                               raster=info)
+        if info.nodata is not None and usable_nodata(info.nodata, dtype) is None:
+            add_note(decoded.info, f"nodata {nodata_text(info.nodata)} is no {dtype.name} value: not written to the output")
+        return decoded
 
 
 def open_dataset(uri: str, storage_options: dict | None = None):
@@ -306,7 +309,7 @@ def _profile(like, height: int, width: int, dtype, options: dict) -> tuple[dict,
         profile["crs"] = rasterio.crs.CRS.from_wkt(geo.crs_wkt)
     if geo.transform is not None:
         profile["transform"] = rasterio.Affine(*geo.transform)
-    if geo.nodata is not None:
+    if usable_nodata(geo.nodata, dtype) is not None:  # decode noted one the type cannot hold: not written
         profile["nodata"] = geo.nodata
     if raster.photometric == "rgb" and bands >= 3 and options["driver"] == "GTiff":
         profile["photometric"] = "RGB"  # as the source was; the COG driver takes it from the colour interpretation

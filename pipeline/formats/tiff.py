@@ -365,6 +365,8 @@ def _via_pillow(data, page, plan: Route, label, max_pixels, info) -> DecodedImag
         raise unsupported(label, f"{plan.what} TIFF of {page.samplesperpixel} samples of {page.bitspersample} "
                                  f"bits, {_codec(page)} (libtiff cannot decode it)") from exc
     orientation = page.tags.valueof(ORIENTATION, 1)
+    if geo is not None and plan.what == "CMYK":
+        add_note(info, "georeferenced CMYK is written back as RGB (GDAL writes GeoTIFFs as RGB, not CMYK)")
     if _georeferenced(geo) and orientation in ORIENT:  # back to the stored grid, which the transform refers to
         decoded.pixels = np.ascontiguousarray(ORIENT[_INVERSE.get(orientation, orientation)](decoded.pixels))
     notes = info.get("notes", []) + decoded.info.get("notes", [])
