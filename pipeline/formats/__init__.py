@@ -281,7 +281,7 @@ def _raster_refusal(fmt: str, pixels: np.ndarray, raster) -> str:
     kept = [what for what, present in (
         ("georeferencing", geo is not None and geo.georeferenced),
         ("nodata value", raster.nodata is not None or (geo is not None and geo.nodata is not None)),
-        ("GDAL metadata", geo is not None and bool(geo.tags or any(geo.band_tags) or any(geo.descriptions))),
+        ("GDAL metadata", geo is not None and geo.has_metadata),
     ) if present]
     dtype, bands = pixels.dtype.name, pixels.shape[2]
     if dtype not in (("uint8", "uint16") if fmt == "png" else ("uint8",)):

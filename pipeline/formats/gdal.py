@@ -109,7 +109,8 @@ class GeoInfo:
 
     @property
     def has_metadata(self) -> bool:
-        return bool(self.tags or any(self.band_tags) or any(self.descriptions) or self.nodata is not None)
+        """GDAL metadata beyond the baseline TIFF tags GDAL also lists (TIFFTAG_*)."""
+        return any(not k.startswith("TIFFTAG_") for k in self.tags) or any(self.band_tags) or any(self.descriptions)
 
     def crs(self) -> str | None:
         """'EPSG:<code> (<name>)' when the CRS has an EPSG code, else its name; None without one."""
@@ -160,9 +161,15 @@ class GeoInfo:
                        band_tags=())
 
 
+# describe the input file, not the output: its writer, time and resolution (the pixels change)
+_STALE_TIFF_TAGS = ("TIFFTAG_SOFTWARE", "TIFFTAG_DATETIME", "TIFFTAG_XRESOLUTION", "TIFFTAG_YRESOLUTION",
+                    "TIFFTAG_RESOLUTIONUNIT")
+
+
 def _without_statistics(tags: dict) -> dict:
-    """Tags minus GDAL's STATISTICS_*, which describe the input's pixels (and GDAL would trust)."""
-    return {k: v for k, v in tags.items() if not k.startswith("STATISTICS_")}
+    """Tags minus GDAL's STATISTICS_*, which describe the input's pixels (and GDAL would trust),
+    and the baseline TIFF tags that describe the input file."""
+    return {k: v for k, v in tags.items() if not k.startswith("STATISTICS_") and k not in _STALE_TIFF_TAGS}
 
 
 def geo_info(ds) -> GeoInfo:
