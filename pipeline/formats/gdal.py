@@ -233,8 +233,11 @@ def _gdal_errors(label: str, what: str = "raster"):
     except ImageDecodeError:
         raise
     except (RasterioError, ValueError) as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise ImageDecodeError(f"{label}: corrupt {what} ({type(exc).__name__}: {text})") from exc
+        cause = exc
+        while "See previous exception" in str(cause) and (cause.__cause__ or cause.__context__) is not None:
+            cause = cause.__cause__ or cause.__context__  # GDAL's own complaint, not rasterio's summary of it
+        text = " ".join(str(cause).split())[:300]
+        raise ImageDecodeError(f"{label}: corrupt {what} ({text})") from exc
 
 
 def read_geo(data: bytes, label: str = "image") -> GeoInfo:
