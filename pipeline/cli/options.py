@@ -258,8 +258,9 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
                           "'dtype' (the sample type's full range), 'auto' (dtype for uint8, else minmax); recorded in "
                           "the manifest (default: %(default)s)")
     run.add_argument("--stream-threshold", type=int, default=4096 * 4096, metavar="PIXELS",
-                     help="TIFFs with more pixels are read, upscaled and written window by window into a tiled (Big)TIFF, "
-                          "memory bound by the window (default 16777216 = 4096 x 4096; 0: never)")
+                     help="TIFF and JPEG 2000 files with more pixels are read, upscaled and written window by window "
+                          "(a COG for georeferenced rasters, else a tiled (Big)TIFF), memory bound by the window "
+                          "(default 16777216 = 4096 x 4096; 0: never)")
     run.add_argument("--raster-format", choices=("cog", "gtiff"), default="cog",
                      help="georeferenced rasters: 'cog' writes a Cloud-Optimized GeoTIFF with overviews (GDAL's COG "
                           "driver), 'gtiff' a tiled GeoTIFF without overviews (default: %(default)s)")
