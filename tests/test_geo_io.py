@@ -292,3 +292,26 @@ def test_a_truncated_geotiff_is_one_failed_row_with_gdals_reason(src, tmp_path):
     assert error.startswith(f"decode: {(src / 'cut.tif').as_uri()}: corrupt raster (")
     assert "TIFFReadEncodedTile() failed" in error  # what GDAL found wrong
     assert not (tmp_path / "out" / "cut.tif").exists()
+
+
+def test_a_per_dataset_mask_comes_back_as_the_outputs_mask_in_memory_and_streamed(src, tmp_path, monkeypatch):
+    monkeypatch.setattr(streaming, "OUTPUT_TILE", 64)
+    monkeypatch.setattr(streaming, "WINDOW_INPUT", 32)
+    data = bands(70, 60, 3, dtype="uint8", seed=5)
+    mask = np.full((70, 60), 255, np.uint8)
+    mask[:20, :25] = 0  # outside the footprint
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(src / "ortho.tif", "w", driver="GTiff", width=60, height=70, count=3, dtype="uint8",
+                           crs=UTM33, transform=ORIGIN, tiled=True, blockxsize=32, blockysize=32) as ds:
+            ds.write(data)
+            ds.write_mask(mask)
+    expected = np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)  # nearest neighbour, as alpha
+    for threshold in (0, 1):
+        summary, rows = run(src, tmp_path / f"out-{threshold}", stream_threshold=threshold)
+        assert summary["ok"] == 1, summary["failures"]
+        with rasterio.open(tmp_path / f"out-{threshold}" / "ortho.tif") as ds:
+            assert ds.count == 3 and ds.mask_flag_enums[0] == [rasterio.enums.MaskFlags.per_dataset]
+            np.testing.assert_array_equal(ds.dataset_mask(), expected)
+            assert ds.nodata is None and ds.shape == (140, 120)
+        assert is_cog(tmp_path / f"out-{threshold}" / "ortho.tif")
+        assert json.loads(rows["ortho.tif"]["bands"])["alpha"] == 3  # the mask, as the plan's alpha band

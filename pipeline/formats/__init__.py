@@ -107,7 +107,7 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int | None) -> DecodedIma
 
 
 def _decode_gdal(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
-    return tiff._gdal(label).decode(data, label, max_pixels)
+    return tiff.load_gdal(label).decode(data, label, max_pixels)
 
 
 def _decode_png(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:

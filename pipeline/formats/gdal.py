@@ -15,6 +15,10 @@ dataset, which GDAL writes back in the same form.
 - GDAL's block cache is capped (`CACHE_MB`): its default, 5% of the machine's memory,
   would let a streamed write hold gigabytes of dirty blocks.
 
+A per-dataset mask (an internal or .msk mask, e.g. beside JPEG-compressed orthophotos)
+travels as one more band, the alpha band of the band plan (0 = masked), and is written
+back as the output's mask, upscaled nearest-neighbour as alpha is.
+
 Refused (ImageDecodeError, one line): sample types other than uint8, uint16, int16 and
 float32; bands of different types. What GDAL says about a damaged file is the message.
 """
@@ -35,6 +39,7 @@ os.environ.setdefault("GDAL_CACHEMAX", str(CACHE_MB))  # read once, when GDAL fi
 
 import rasterio  # noqa: E402  (after GDAL_CACHEMAX)
 import rasterio.shutil  # noqa: E402
+from rasterio.enums import MaskFlags  # noqa: E402
 from rasterio.errors import NotGeoreferencedWarning, RasterioError  # noqa: E402
 from rasterio.io import MemoryFile  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
@@ -199,8 +204,14 @@ def geo_info(ds) -> GeoInfo:
     )
 
 
+def _dataset_mask(ds) -> bool:
+    """Whether the bands share a per-dataset mask (and no alpha band or nodata says it instead)."""
+    return all(flags == [MaskFlags.per_dataset] for flags in ds.mask_flag_enums)
+
+
 def raster_info(ds, label: str) -> tuple[RasterInfo, np.dtype]:
-    """RasterInfo and sample type of an open dataset; ImageDecodeError for types we cannot keep."""
+    """RasterInfo and sample type of an open dataset; ImageDecodeError for types we cannot keep.
+    With a per-dataset mask, the RasterInfo has one band more: the mask, as alpha."""
     dtypes = set(ds.dtypes)
     if len(dtypes) != 1:
         raise ImageDecodeError(f"{label}: unsupported: bands of different sample types {sorted(dtypes)}")
@@ -214,9 +225,22 @@ def raster_info(ds, label: str) -> tuple[RasterInfo, np.dtype]:
     stored = (0.0, float((1 << int(bits)) - 1)) if bits and bits.isdigit() and int(bits) < dtype.itemsize * 8 \
         and dtype.kind == "u" else None
     rgb = ds.count >= 3 and tuple(geo.colorinterp[:3]) == _RGB
-    return RasterInfo(kind="geotiff" if geo.georeferenced else "tiff", bands=ds.count, nodata=geo.nodata,
+    mask = alpha is None and _dataset_mask(ds)
+    if mask:
+        alpha = ds.count
+        names = {**names, alpha: "Alpha"}
+    return RasterInfo(kind="geotiff" if geo.georeferenced else "tiff", bands=ds.count + mask, nodata=geo.nodata,
                       alpha=alpha, names=names, geo=geo, photometric="rgb" if rgb else "minisblack",
-                      stored_range=stored), dtype
+                      stored_range=stored, mask=mask), dtype
+
+
+def _read(ds, info: RasterInfo, window=None) -> np.ndarray:
+    """H x W x bands (the mask last, 0 or 255, when the RasterInfo has one)."""
+    pixels = np.moveaxis(ds.read(window=window), 0, -1)
+    if info.mask:
+        mask = ds.dataset_mask(window=window).astype(pixels.dtype)
+        pixels = np.concatenate([pixels, mask[..., None]], axis=2)
+    return pixels
 
 
 def mode_of(bands: int, dtype: np.dtype, info: RasterInfo) -> str:
@@ -252,7 +276,7 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
     with _gdal_errors(label), MemoryFile(data) as memfile, memfile.open() as ds:
         check_size(ds.width, ds.height, label, max_pixels)
         info, dtype = raster_info(ds, label)
-        pixels = np.moveaxis(ds.read(), 0, -1)
+        pixels = _read(ds, info)
         fmt = DRIVER_FORMATS.get(ds.driver, "tiff")
         decoded = DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, mode=mode_of(ds.count, dtype, info),
                                raster=info)
@@ -278,7 +302,7 @@ def read_header(uri: str, storage_options: dict, *, threshold: int, name: str) -
         if ds.width * ds.height <= threshold:
             return None
         info, dtype = raster_info(ds, name)
-        return ImageHeader(shape=(ds.height, ds.width, ds.count), dtype=dtype,
+        return ImageHeader(shape=(ds.height, ds.width, info.bands), dtype=dtype,
                            format=DRIVER_FORMATS.get(ds.driver, "tiff"), mode=mode_of(ds.count, dtype, info),
                            raster=info)
 
@@ -289,23 +313,22 @@ class WindowReader:
 
     STATS_BYTES = 64 << 20  # rows read at a time by the statistics pass
 
-    def __init__(self, ds):
-        self.ds = ds
+    def __init__(self, ds, info: RasterInfo):
+        self.ds, self.info = ds, info
         self.decoded = 0  # windows read
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         self.decoded += 1
-        return np.moveaxis(self.ds.read(window=Window(x0, y0, x1 - x0, y1 - y0)), 0, -1)
+        return _read(self.ds, self.info, Window(x0, y0, x1 - x0, y1 - y0))
 
     def statistics(self, stats):
         """One pass over the image in bands of whole rows (whole blocks high) into `stats`."""
         ds = self.ds
         block_h = ds.block_shapes[0][0] if ds.block_shapes else 1
-        row_bytes = ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize
+        row_bytes = ds.width * self.info.bands * np.dtype(ds.dtypes[0]).itemsize
         rows = max(block_h, (self.STATS_BYTES // max(1, row_bytes)) // block_h * block_h)
         for y0 in range(0, ds.height, rows):
-            h = min(rows, ds.height - y0)
-            stats.update(np.moveaxis(ds.read(window=Window(0, y0, ds.width, h)), 0, -1))
+            stats.update(_read(ds, self.info, Window(0, y0, ds.width, min(rows, ds.height - y0))))
         return stats
 
 
@@ -313,7 +336,7 @@ def _profile(like, height: int, width: int, dtype, options: dict) -> tuple[dict,
     """rasterio open() keywords for the output of `like` (DecodedImage or ImageHeader)."""
     raster = like.raster
     geo = raster.geo.scaled(width / like.shape[1], height / like.shape[0])
-    bands = like.shape[2]
+    bands = like.shape[2] - raster.mask
     profile = dict(options, width=width, height=height, count=bands, dtype=np.dtype(dtype).name)
     if geo.crs_wkt:
         profile["crs"] = rasterio.crs.CRS.from_wkt(geo.crs_wkt)
@@ -350,15 +373,23 @@ def _describe(dst, geo: GeoInfo, bands: int) -> None:
             dst.update_tags(band, **tags)
 
 
+def _write(dst, pixels: np.ndarray, mask: bool, window=None) -> None:
+    """H x W x bands into an open output; the last band as the dataset mask when `mask`."""
+    data = pixels[..., :-1] if mask else pixels
+    dst.write(np.moveaxis(data, -1, 0), window=window)
+    if mask:
+        dst.write_mask(np.where(pixels[..., -1] > 0, 255, 0).astype(np.uint8), window=window)
+
+
 def encode(pixels: np.ndarray, like, options: OutputOptions) -> bytes:
     """The upscaled raster as a COG (or tiled GeoTIFF) in memory, georeferencing rescaled."""
-    h, w, bands = pixels.shape
+    h, w, _bands = pixels.shape
     profile, geo = _profile(like, h, w, pixels.dtype, options.creation(pixels.dtype))
     try:
         with MemoryFile() as memfile:
             with memfile.open(**profile) as dst:
-                dst.write(np.moveaxis(pixels, -1, 0))
-                _describe(dst, geo, bands)
+                _write(dst, pixels, like.raster.mask)
+                _describe(dst, geo, profile["count"])
             return memfile.read()
     except RasterioError as exc:
         raise ImageEncodeError(f"cannot write {options.format.upper()}: {' '.join(str(exc).split())[:300]}") from exc
@@ -373,16 +404,18 @@ class StreamWriter:
         self.path, self.options = path, options
         self.cog = options.format == "cog"
         self.target = path + ".gtiff.tmp" if self.cog else path
-        h, w, self.bands = out_shape
+        self.mask = like.raster.mask
+        h, w, _bands = out_shape
         block = tile if tile % 16 == 0 else options.blocksize
         fast = replace(options, level=1) if self.cog else options  # the intermediate is read once
         creation = fast.creation(dtype, driver="GTiff", blocksize=block if self.cog else options.blocksize)
         profile, self.geo = _profile(like, h, w, dtype, creation)
+        self.bands = profile["count"]
         self.dst = rasterio.open(self.target, "w", **profile)
 
     def write(self, y0: int, x0: int, out: np.ndarray) -> None:
         h, w = out.shape[:2]
-        self.dst.write(np.moveaxis(out, -1, 0), window=Window(x0, y0, w, h))
+        _write(self.dst, out, self.mask, Window(x0, y0, w, h))
 
     def close(self, ok: bool = True) -> None:
         try:

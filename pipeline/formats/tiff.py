@@ -62,7 +62,7 @@ def gdal_tagged(page) -> bool:
     return any(code in page.tags for code in GDAL_TAGS)
 
 
-def _gdal(label: str):
+def load_gdal(label: str):
     """formats.gdal, or the one-line reason it cannot be used (rasterio is the `geo` extra)."""
     try:
         from pipeline.formats import gdal
@@ -239,7 +239,7 @@ def _georeferenced(geo) -> bool:
 
 def _read_geo(data: bytes, page, label: str):
     """The GeoInfo of a GDAL-tagged page that tifffile or Pillow decodes, else None."""
-    return _gdal(label).read_geo(data, label) if gdal_tagged(page) else None
+    return load_gdal(label).read_geo(data, label) if gdal_tagged(page) else None
 
 
 # --------------------------------------------------------------------------- decoding
@@ -261,7 +261,7 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
         if plan.how == "palette":
             return _palette(data, page, label, frames, info)
         if gdal_tagged(page):
-            decoded = _gdal(label).decode(data, label, max_pixels)
+            decoded = load_gdal(label).decode(data, label, max_pixels)
             decoded.info.update(info)
             if frames > 1:
                 decoded.info["frames"] = frames

@@ -93,6 +93,7 @@ class RasterInfo:
     extrasamples: tuple = ()  # TIFF ExtraSamples of the source
     value_map: object | None = None  # DICOM modality LUT: .forward(stored), .inverse(values), .domain
     stored_range: tuple[float, float] | None = None  # valid stored values (DICOM BitsStored)
+    mask: bool = False  # the last band is the file's per-dataset mask (GDAL), as alpha: written back as a mask
 
 
 class BandStats:

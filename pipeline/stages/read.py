@@ -1,7 +1,8 @@
 """Read: bytes through fsspec, decoded to pixels at the source's bit depth.
 
-Rasters (GeoTIFF, multi-band, int16, DICOM) also get their band plan and model inputs
-here, in the reader thread. A TIFF over the stream threshold has only its header read:
+Rasters (GeoTIFF, JPEG 2000, multi-band, int16, DICOM) also get their band plan and model
+inputs here, in the reader thread. A TIFF or JPEG 2000 file over the stream threshold has
+only its header read:
 the streaming strategy (stages/stream.py) then reads it window by window during
 inference and writes it tile by tile.
 """

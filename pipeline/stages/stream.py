@@ -118,9 +118,9 @@ def probe(uri: str, storage_options: dict, *, threshold: int, name: str = "") ->
         with _open(uri, storage_options) as fh:
             if not _through_gdal(fh):
                 return windows.read_header(fh, threshold=threshold, name=name or uri)
-        from pipeline.formats import gdal
+        from pipeline.formats.tiff import load_gdal
 
-        return gdal.read_header(uri, storage_options, threshold=threshold, name=name or uri)
+        return load_gdal(name or uri).read_header(uri, storage_options, threshold=threshold, name=name or uri)
 
     like = store.with_retries(read_header, f"reading the header of {uri}")
     if like is None:
@@ -249,7 +249,7 @@ def _reader(job: StreamJob, info):
             from pipeline.formats import gdal
 
             with gdal.open_dataset(job.uri, job.storage_options) as ds:
-                yield gdal.WindowReader(ds)
+                yield gdal.WindowReader(ds, info)
             return
         with _open(job.uri, job.storage_options) as fh, tifffile.TiffFile(fh) as tif:
             nodata = info.nodata if info is not None else None
