@@ -1,7 +1,7 @@
 """Georeferenced rasters through rasterio (GDAL): GeoTIFF and COG, JPEG 2000, read and written.
 
 GDAL already knows every way a file can be georeferenced (GeoKeys, tie points, model
-transformations, PixelIsPoint, GCPs, RPCs, .aux.xml-free GDAL metadata), so nothing here
+transformations, PixelIsPoint, GCPs, RPCs, GDAL_METADATA), so nothing here
 parses tags: a dataset is opened, its georeferencing and band metadata taken as rasterio
 gives them (`GeoInfo`), rescaled for the output (`GeoInfo.scaled`), and set on the output
 dataset, which GDAL writes back in the same form.

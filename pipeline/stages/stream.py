@@ -109,8 +109,8 @@ def _open(uri: str, storage_options: dict):
 
 
 def probe(uri: str, storage_options: dict, *, threshold: int, name: str = "") -> StreamJob | None:
-    """A StreamJob when the TIFF at `uri` has more than `threshold` pixels and a layout that
-    can be read window by window; None otherwise (the image is then decoded in memory)."""
+    """A StreamJob when the TIFF or JPEG 2000 file at `uri` has more than `threshold` pixels
+    and a layout that can be read window by window; None otherwise (decoded in memory)."""
     if not threshold:
         return None
 
