@@ -396,19 +396,21 @@ def encode(pixels: np.ndarray, like, options: OutputOptions) -> bytes:
 
 
 class StreamWriter:
-    """An output written window by window: a temporary tiled GeoTIFF beside `path` (blocks
-    of `tile` pixels, one per window tile), then, for COG, GDAL's COG copy of it into
-    `path` (overviews built from the file, within GDAL's block cache)."""
+    """An output written window by window: a temporary tiled GeoTIFF beside `path`, then,
+    for COG, GDAL's COG copy of it into `path` (overviews built from the file, within
+    GDAL's block cache). The temporary file has the output's block size: GDAL builds
+    overviews from rows of whole blocks, and with blocks of 1024 a 21960-pixel-wide row of
+    them no longer fitted the cache next to the overview's own (measured: every block
+    decoded again and again, the COG copy of a Sentinel-2 tile x2 ran for over 15 minutes)."""
 
-    def __init__(self, path: str, like, out_shape: tuple, dtype, options: OutputOptions, tile: int):
+    def __init__(self, path: str, like, out_shape: tuple, dtype, options: OutputOptions):
         self.path, self.options = path, options
         self.cog = options.format == "cog"
         self.target = path + ".gtiff.tmp" if self.cog else path
         self.mask = like.raster.mask
         h, w, _bands = out_shape
-        block = tile if tile % 16 == 0 else options.blocksize
         fast = replace(options, level=1) if self.cog else options  # the intermediate is read once
-        creation = fast.creation(dtype, driver="GTiff", blocksize=block if self.cog else options.blocksize)
+        creation = fast.creation(dtype, driver="GTiff")
         profile, self.geo = _profile(like, h, w, dtype, creation)
         self.bands = profile["count"]
         self.dst = rasterio.open(self.target, "w", **profile)

@@ -226,7 +226,7 @@ def run(job: StreamJob, upscaler, scale: float | None, *, deadline: float | None
         job.tmp_path = tmp
         try:
             if _geo(job):
-                _write_gdal(job, tmp, cores(), (out_h, out_w, bands), tile_out)
+                _write_gdal(job, tmp, cores(), (out_h, out_w, bands))
             else:
                 _write_tifffile(job, tmp, cores(), (out_h, out_w, bands), tile_out)
         except BaseException:
@@ -259,11 +259,11 @@ def _reader(job: StreamJob, info):
     return opened()
 
 
-def _write_gdal(job: StreamJob, tmp: str, cores, shape: tuple, tile_out: int) -> None:
+def _write_gdal(job: StreamJob, tmp: str, cores, shape: tuple) -> None:
     from pipeline.formats import gdal
 
     options = gdal.OutputOptions(*job.output, level=job.compress_level)
-    with gdal.StreamWriter(tmp, job.like, shape, job.like.dtype, options, tile_out) as writer:
+    with gdal.StreamWriter(tmp, job.like, shape, job.like.dtype, options) as writer:
         for y0, x0, out in cores:
             writer.write(y0, x0, out)
 
