@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pipeline.formats import DEFAULT_MAX_PIXELS
 from pipeline.formats.nifti import PLANES as NIFTI_PLANES
 from pipeline.formats.dicom import SYNTAX_CHOICES as DICOM_SYNTAXES
-from pipeline.raster import BAND_MODES, RADIOMETRIC_MODES
+from pipeline.raster import BAND_MODES, RADIOMETRIC_MODES, RASTER_COMPRESSIONS, RASTER_FORMATS
 
 DEFAULT_STREAM_THRESHOLD = 4096 * 4096
 
@@ -64,6 +64,10 @@ class RunSpec:
     # Items' links depend on it, not the outputs, so it is not in the resume key
     stac_source: str | None = _setting(group="output")
     dicom_syntax: str = _setting("explicit", group="output", output=True, later=True)  # DICOM_SYNTAXES; lossless only
+    # georeferenced rasters (formats/gdal.py): Cloud-Optimized GeoTIFF or tiled GeoTIFF, codec, block side
+    raster_format: str = _setting("cog", group="output", output=True, later=True)
+    raster_compress: str = _setting("deflate", group="output", output=True, later=True)
+    raster_blocksize: int = _setting(512, group="output", output=True, later=True)
     # raster
     band_mode: str = _setting("rgb+gray", group="raster", output=True)
     radiometric: str = _setting("auto", group="raster", output=True)
@@ -89,6 +93,13 @@ class RunSpec:
                              f"not {self.radiometric!r}")
         if self.nifti_plane not in NIFTI_PLANES:
             raise ValueError(f"NIfTI plane must be one of {', '.join(NIFTI_PLANES)}, not {self.nifti_plane!r}")
+        if self.raster_format not in RASTER_FORMATS:
+            raise ValueError(f"raster format must be one of {', '.join(RASTER_FORMATS)}, not {self.raster_format!r}")
+        if self.raster_compress not in RASTER_COMPRESSIONS:
+            raise ValueError(f"raster compression must be one of {', '.join(RASTER_COMPRESSIONS)}, "
+                             f"not {self.raster_compress!r}")
+        if not isinstance(self.raster_blocksize, int) or self.raster_blocksize < 16 or self.raster_blocksize % 16:
+            raise ValueError(f"raster block size must be a multiple of 16 pixels, not {self.raster_blocksize!r}")
         if self.stream_threshold is None or self.stream_threshold < 0:
             raise ValueError(f"stream threshold must be a pixel count >= 0, not {self.stream_threshold!r}")
         if self.scale is not None and self.scale <= 0:

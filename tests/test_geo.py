@@ -1,5 +1,6 @@
 """GeoTIFF and raster TIFF: bit depth, bands, georeferencing, nodata, band modes, radiometric
-scaling, metrics, on rasterio's real sample files (../shared) and on generated rasters."""
+scaling, metrics, on rasterio's real sample files (../shared) and on generated rasters; outputs
+checked as rasterio (GDAL) reads them."""
 
 import io
 import json
@@ -11,8 +12,10 @@ import pytest
 import tifffile
 import torch
 
+rasterio = pytest.importorskip("rasterio")
+
 from pipeline import metrics, raster
-from pipeline.formats import geotiff as geo
+from pipeline.formats import gdal
 from pipeline.inference.engine import Upscaler
 from pipeline.formats import decode_image, encode_image
 from pipeline.models import LoadedModel, load_model
@@ -43,12 +46,14 @@ def geotiff(array, *, nodata=None, pixel=(30.0, 30.0), origin=(500000.0, 4000000
     return out.getvalue()
 
 
-def tags_of(path_or_bytes) -> dict:
-    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
-    with tifffile.TiffFile(source) as tif:
-        page = tif.pages[0]
-        return {code: page.tags[code].value for code in geo.GEO_TAGS if code in page.tags} | {
-            "shape": page.shape, "dtype": page.dtype, "extrasamples": page.extrasamples, "tiled": page.is_tiled}
+def meta_of(path_or_bytes) -> dict:
+    """What GDAL reads of a file: size, type, georeferencing, nodata, band metadata, layout."""
+    with rasterio.io.MemoryFile(path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()) \
+            as memfile, memfile.open() as ds:
+        return {"shape": (ds.height, ds.width, ds.count), "dtype": ds.dtypes[0], "transform": tuple(ds.transform)[:6],
+                "crs": ds.crs.to_epsg() if ds.crs else None, "nodata": ds.nodata,
+                "colorinterp": [c.name for c in ds.colorinterp], "band_tags": ds.tags(1), "tags": ds.tags(),
+                "tiled": ds.is_tiled, "overviews": ds.overviews(1)}
 
 
 def rows_by_image(dst) -> dict:
@@ -78,15 +83,15 @@ def sample_runs(tmp_path_factory):
 
 @needs_geo
 def test_landsat_x4_has_a_quarter_of_the_pixel_size_the_same_origin_crs_and_nodata(sample_runs):
-    src, out = tags_of(GEO / "RGB.byte.tif"), tags_of(sample_runs / "out-x4" / "RGB.byte.tif")
-    assert out["shape"] == (718 * 4, 791 * 4, 3) and out["dtype"] == np.uint8
-    np.testing.assert_allclose(out[geo.PIXEL_SCALE], (300.0379266750948 / 4, 300.041782729805 / 4, 0.0), rtol=1e-12)
-    assert out[geo.TIEPOINT] == src[geo.TIEPOINT] == (0.0, 0.0, 0.0, 101985.0, 2826915.0, 0.0)
-    assert out[geo.GEO_KEYS] == src[geo.GEO_KEYS]  # CRS: WGS 84 / UTM zone 18N, unchanged
-    assert out[geo.GEO_ASCII] == src[geo.GEO_ASCII]
-    assert out[geo.GDAL_NODATA] == "0"
-    # GDAL metadata carried, minus the statistics of the input's pixels
-    assert "STATISTICS_MEAN" in src[geo.GDAL_METADATA] and "STATISTICS" not in out[geo.GDAL_METADATA]
+    src, out = meta_of(GEO / "RGB.byte.tif"), meta_of(sample_runs / "out-x4" / "RGB.byte.tif")
+    assert out["shape"] == (718 * 4, 791 * 4, 3) and out["dtype"] == "uint8"
+    np.testing.assert_allclose(out["transform"], (300.0379266750948 / 4, 0.0, 101985.0, 0.0, -300.041782729805 / 4,
+                                                  2826915.0), rtol=1e-12)
+    assert out["crs"] == src["crs"] == 32618  # WGS 84 / UTM zone 18N, unchanged
+    assert out["nodata"] == src["nodata"] == 0
+    assert out["colorinterp"] == src["colorinterp"] == ["red", "green", "blue"]
+    # the statistics of the input's pixels are dropped: GDAL would trust them for the output's
+    assert "STATISTICS_MEAN" in src["band_tags"] and not any(k.startswith("STATISTICS") for k in out["band_tags"])
     row = rows_by_image(sample_runs / "out-x4")["RGB.byte.tif"]
     assert row["crs"] == "EPSG:32618 (WGS 84 / UTM zone 18N)"
     assert json.loads(row["transform_in"]) == [101985.0, 300.0379266750948, 0.0, 2826915.0, 0.0, -300.041782729805]
@@ -107,11 +112,11 @@ def test_landsat_output_pixels_derived_from_nodata_are_nodata_and_the_others_are
 
 @needs_geo
 def test_rgba_uint16_x2_stays_uint16_with_4_bands_and_the_alpha_band_as_a_mask(sample_runs):
-    src = tags_of(GEO / "RGBA.uint16.tif")
-    out = tags_of(sample_runs / "out-x2" / "RGBA.uint16.tif")
-    assert out["shape"] == (822, 1268, 4) and out["dtype"] == np.uint16
-    assert out["extrasamples"] == src["extrasamples"]  # unspecified, unspecified, unassociated alpha
-    assert "<Item name=\"COLORINTERP\" sample=\"3\" role=\"colorinterp\">Alpha</Item>" in out[geo.GDAL_METADATA]
+    src = meta_of(GEO / "RGBA.uint16.tif")
+    out = meta_of(sample_runs / "out-x2" / "RGBA.uint16.tif")
+    assert out["shape"] == (822, 1268, 4) and out["dtype"] == "uint16"
+    assert out["colorinterp"] == src["colorinterp"] == ["blue", "green", "red", "alpha"]
+    assert out["crs"] == src["crs"] == 32612
     lr = tifffile.imread(GEO / "RGBA.uint16.tif")
     sr = tifffile.imread(sample_runs / "out-x2" / "RGBA.uint16.tif")
     assert (sr[..., :3] == 10000).all()  # the file's three data bands are constant 10000: so is the output
@@ -128,9 +133,9 @@ def test_tiled_shade_tif_decodes_like_tifffile_and_keeps_its_nodata(sample_runs)
     decoded = decode_image((GEO / "shade.tif").read_bytes(), name="shade.tif")
     np.testing.assert_array_equal(decoded.pixels[..., 0], tifffile.imread(GEO / "shade.tif"))
     assert decoded.raster.nodata == 255 and decoded.raster.geo.crs().startswith("EPSG:3857")
-    out = tags_of(sample_runs / "out-x4" / "shade.tif")
-    assert out["shape"] == (4096, 4096) and out["tiled"] and out[geo.GDAL_NODATA] == "255"
-    np.testing.assert_allclose(out[geo.PIXEL_SCALE][:2], (9.5546285343 / 4, 9.5546285343 / 4))
+    out = meta_of(sample_runs / "out-x4" / "shade.tif")
+    assert out["shape"] == (4096, 4096, 1) and out["tiled"] and out["nodata"] == 255
+    np.testing.assert_allclose((out["transform"][0], -out["transform"][4]), (9.5546285343 / 4, 9.5546285343 / 4))
 
 
 @needs_geo
@@ -138,8 +143,7 @@ def test_float32_tif_with_a_model_transformation_is_upscaled_and_its_transform_r
     lr = tifffile.imread(GEO / "float32.tif")
     sr = tifffile.imread(sample_runs / "out-x4" / "float32.tif")
     assert sr.dtype == np.float32 and sr.shape == (8, 12)
-    out = tags_of(sample_runs / "out-x4" / "float32.tif")
-    assert out[geo.TRANSFORMATION][:8] == (25.0, 0.0, 0.0, 0.0, 0.0, 25.0, 0.0, 0.0)
+    assert meta_of(sample_runs / "out-x4" / "float32.tif")["transform"] == (25.0, 0.0, 0.0, 0.0, 25.0, 0.0)
     row = rows_by_image(sample_runs / "out-x4")["float32.tif"]
     ranges = json.loads(row["radiometric"])["ranges"]
     assert ranges == [[float(lr.min()), float(lr.max())]]
@@ -149,25 +153,28 @@ def test_float32_tif_with_a_model_transformation_is_upscaled_and_its_transform_r
 # ------------------------------------------------------------------ georeferencing arithmetic
 
 
-@pytest.mark.parametrize("raster_type", [geo.PIXEL_IS_AREA, geo.PIXEL_IS_POINT])
+@pytest.mark.parametrize("raster_type", [1, 2])  # GTRasterTypeGeoKey: PixelIsArea, PixelIsPoint
 def test_rescaled_georeferencing_covers_the_same_ground(raster_type):
     data = geotiff(np.zeros((10, 20), np.uint8), pixel=(30.0, 20.0), raster_type=raster_type)
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        info = geo.read_geo(tif.pages[0])
-    before = info.geotransform()
-    after = info.scaled(3.0, 2.0).geotransform()
-    assert after[0] == pytest.approx(before[0]) and after[3] == pytest.approx(before[3])  # same corner
-    assert after[1] == pytest.approx(10.0) and after[5] == pytest.approx(-10.0)
+    decoded = decode_image(data)
+    before = decoded.raster.geo.geotransform()
+    written = encode_image(np.zeros((20, 60, 1), np.uint8), decoded)  # x3 across, x2 down
+    out = meta_of(written)
+    a, b, c, d, e, f = out["transform"]
+    assert (c, f) == pytest.approx((before[0], before[3]))  # same corner
+    assert (a, e) == pytest.approx((10.0, -10.0))
     # the far corner too: 60 x 20 new pixels of 10 m cover 20 x 10 old pixels of 30 x 20 m
-    assert after[0] + 60 * after[1] == pytest.approx(before[0] + 20 * before[1])
-    if raster_type == geo.PIXEL_IS_POINT:  # tiepoint names the first pixel's centre, which moves
-        assert info.scaled(3.0, 2.0).tags[geo.TIEPOINT][:2] == (1.0, 0.5)
+    assert c + 60 * a == pytest.approx(before[0] + 20 * before[1])
+    if raster_type == 2:  # PixelIsPoint: GDAL reads the corner half a pixel before the tie point, and writes it back
+        assert before[0] == 500000.0 - 15.0 and before[3] == 4000000.0 + 10.0
+        assert out["tags"]["AREA_OR_POINT"] == "Point"
+        with tifffile.TiffFile(io.BytesIO(written)) as tif:  # the first new pixel's centre, in map units
+            assert tif.pages[0].tags[33922].value[3:5] == pytest.approx((before[0] + 5.0, before[3] - 5.0))
 
 
-def test_model_transformation_is_rescaled_including_rotation():
-    m = (10.0, 2.0, 0.0, 1000.0, 1.0, -10.0, 0.0, 5000.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
-    scaled = geo.GeoInfo({geo.TRANSFORMATION: m}).scaled(2.0, 4.0)
-    assert scaled.tags[geo.TRANSFORMATION][:8] == (5.0, 0.5, 0.0, 1000.0, 0.5, -2.5, 0.0, 5000.0)
+def test_a_rotated_transform_is_rescaled_column_and_row_terms_apart():
+    info = gdal.GeoInfo(transform=(10.0, 2.0, 1000.0, 1.0, -10.0, 5000.0))  # rasterio's (a, b, c, d, e, f)
+    assert info.scaled(2.0, 4.0).transform == (5.0, 0.5, 1000.0, 0.5, -2.5, 5000.0)
 
 
 # ------------------------------------------------------------------ nodata, bands, radiometric scaling
@@ -355,8 +362,7 @@ def test_landsat_through_the_ray_executor_matches_the_local_executor(sample_runs
     assert summary["ok"] == 1, summary["failures"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "dst" / "RGB.byte.tif"),
                                   tifffile.imread(sample_runs / "out-x4" / "RGB.byte.tif"))
-    assert tags_of(tmp_path / "dst" / "RGB.byte.tif")[geo.PIXEL_SCALE] == \
-        tags_of(sample_runs / "out-x4" / "RGB.byte.tif")[geo.PIXEL_SCALE]
+    assert meta_of(tmp_path / "dst" / "RGB.byte.tif") == meta_of(sample_runs / "out-x4" / "RGB.byte.tif")
     ray_row = rows_by_image(tmp_path / "dst")["RGB.byte.tif"]
     local_row = rows_by_image(sample_runs / "out-x4")["RGB.byte.tif"]
     for column in ("crs", "transform_in", "transform_out", "nodata", "bands", "radiometric", "lr_psnr"):

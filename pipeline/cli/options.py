@@ -274,8 +274,17 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
                           "'dtype' (the sample type's full range), 'auto' (dtype for uint8, else minmax); recorded in "
                           "the manifest (default: %(default)s)")
     run.add_argument("--stream-threshold", type=int, default=4096 * 4096, metavar="PIXELS",
-                     help="TIFFs with more pixels are read, upscaled and written window by window into a tiled (Big)TIFF, "
-                          "memory bound by the window (default 16777216 = 4096 x 4096; 0: never)")
+                     help="TIFF and JPEG 2000 files with more pixels are read, upscaled and written window by window "
+                          "(a COG for georeferenced rasters, else a tiled (Big)TIFF), memory bound by the window "
+                          "(default 16777216 = 4096 x 4096; 0: never)")
+    run.add_argument("--raster-format", choices=("cog", "gtiff"), default="cog",
+                     help="georeferenced rasters: 'cog' writes a Cloud-Optimized GeoTIFF with overviews (GDAL's COG "
+                          "driver), 'gtiff' a tiled GeoTIFF without overviews (default: %(default)s)")
+    run.add_argument("--raster-compress", choices=("deflate", "zstd", "lzw", "none"), default="deflate",
+                     help="georeferenced rasters: compression, at --compress-level for deflate and zstd, with a "
+                          "predictor (default: %(default)s)")
+    run.add_argument("--raster-blocksize", type=int, default=512, metavar="N",
+                     help="georeferenced rasters: tile side in pixels, a multiple of 16 (default: %(default)s)")
     run.add_argument("--nifti-plane", choices=("auto", "axial", "coronal", "sagittal"), default="auto",
                      help="NIfTI volumes: the plane their slices are upscaled in; 'auto' takes the two axes with the "
                           "finer voxels (axial when isotropic), by the affine's orientation (default: %(default)s)")
@@ -301,6 +310,7 @@ def config_from_args(args):
         band_mode=args.band_mode, radiometric=args.radiometric, stream_threshold=args.stream_threshold,
         nifti_plane=args.nifti_plane, time_limit=args.time_limit, storage_failures=args.storage_failures,
         keep_extension=args.keep_extension, stac_source=args.stac_source, dicom_syntax=args.dicom_syntax,
+        raster_format=args.raster_format, raster_compress=args.raster_compress, raster_blocksize=args.raster_blocksize,
     )
 
 

@@ -23,20 +23,21 @@ raises an error instead of being dropped, except these deliberate choices:
 Whatever is dropped or changed on the way is listed in ``info["notes"]`` (strings, for
 the row's note), e.g. "EXIF dropped: Corrupt EXIF data ...".
 
-Rasters (see raster/): a TIFF with GeoTIFF or GDAL tags, int16 samples, or a sample
-layout that is not L/LA/RGB/RGBA (e.g. 4 or 13 bands) decodes with ``raster`` set: all
-its bands in their order and type (uint8, uint16, int16, float32), its georeferencing,
-nodata and GDAL metadata, and is written back only as TIFF, with the georeferencing
-rescaled (geotiff.py), whichever decoder read it (tiff.py). A georeferenced raster keeps
-its stored pixel grid (the Orientation tag is not applied: the geotransform refers to the
-stored grid). DICOM (dicom.py, the optional ``dicom`` extra) decodes its stored values, every
+Rasters (see raster/): a TIFF with GeoTIFF or GDAL tags, a JPEG 2000 file, int16 samples,
+or a sample layout that is not L/LA/RGB/RGBA (e.g. 4 or 13 bands) decodes with ``raster``
+set: all its bands in their order and type (uint8, uint16, int16, float32), and is
+written back only as TIFF. Georeferenced and GDAL-tagged ones are read and written through
+rasterio (gdal.py: georeferencing rescaled, nodata and band metadata carried, a
+Cloud-Optimized GeoTIFF by default), whichever decoder read their pixels (tiff.py); they
+keep their stored pixel grid (the Orientation tag is not applied: the geotransform refers
+to the stored grid). DICOM (dicom.py, the optional ``dicom`` extra) decodes its stored values, every
 frame of a multi-frame instance (H x W x frames*samples, ``raster.frames``), and is written
 back as a derived DICOM instance. NIfTI volumes (nifti.py, the optional ``nifti`` extra)
 decode to their stack of slices (H x W x slices) in the stored type and are written back
 as the same kind of NIfTI, affine and zooms rescaled in-plane.
 
 Modules: sniff (magic bytes), pillow (PNG 8-bit, JPEG, WebP, BMP, GIF, libtiff TIFFs),
-png16, tiff, geotiff, dicom, nifti, windows (streaming reads), base (the shared types). Every
+png16, tiff, gdal (rasterio), dicom, nifti, windows (streaming reads of plain TIFFs), base (the shared types). Every
 decode failure is an ImageDecodeError naming the file, in one line; every encode failure
 an ImageEncodeError.
 """
@@ -55,7 +56,6 @@ from pipeline.formats.base import (
 )
 from pipeline.errors import one_line_text
 from pipeline.formats.base import check_size as _check_size
-from pipeline.formats.geotiff import GDAL_METADATA
 from pipeline.formats.sniff import TIFF_MAGIC, not_an_image, png_bit_depth
 from pipeline.formats.sniff import sniff as _sniff  # `formats.sniff` stays the module
 from pipeline.formats.tiff import raster_tiff_options, tiff_layout, tiff_mode
@@ -70,6 +70,7 @@ __all__ = [
 
 _EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "dicom": ".dcm",
                **nifti.EXTENSIONS}
+_RASTER_ONLY = ("jp2",)  # sources GDAL reads that are written as (Cloud-Optimized Geo)TIFF
 _ALIASES = {"jpg": "jpeg", "tif": "tiff", "dcm": "dicom", "nii": "nifti", "nii.gz": "nifti-gz"}
 _REQUESTABLE = ("png", "tiff", "jpeg", "webp")
 
@@ -95,7 +96,7 @@ def output_format(src_format: str, requested: str | None) -> tuple[str, str]:
             choices = ", ".join(_REQUESTABLE)
             raise ValueError(f"unsupported output format {requested!r}; choose one of {choices}")
     else:
-        fmt = "png" if src_format == "gif" else _canonical(src_format)
+        fmt = "png" if src_format == "gif" else "tiff" if src_format in _RASTER_ONLY else _canonical(src_format)
         if fmt not in _EXTENSIONS:
             raise ValueError(f"unknown source format {src_format!r}")
     return fmt, _EXTENSIONS[fmt]
@@ -120,6 +121,10 @@ def is_volume(image) -> bool:
     return image.format in nifti.FORMATS
 
 
+def _decode_gdal(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
+    return tiff.load_gdal(label).decode(data, label, max_pixels)
+
+
 def _decode_png(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
     # Pillow reduces 16-bit RGB/RGBA/LA PNGs to 8 bit; libpng keeps all 16
     if png_bit_depth(data) == 16:
@@ -131,6 +136,7 @@ _DECODERS = {
     "png": _decode_png,
     "tiff": tiff.decode,
     "dicom": _decode_dicom,
+    "jp2": _decode_gdal,
     **{fmt: (lambda data, label, max_pixels, fmt=fmt: pillow.decode(data, fmt, label, max_pixels))
        for fmt in ("jpeg", "gif", "webp", "bmp")},
 }
@@ -220,6 +226,9 @@ def encode_image(
     dpi_scale: float = 1.0,
     compress_level: int = 1,
     derivation: dict | None = None,
+    raster_format: str = "cog",
+    raster_compress: str = "deflate",
+    raster_blocksize: int = 512,
 ) -> bytes:
     """Encode the upscaled pixels like the source: same dtype and channels, same metadata.
 
@@ -230,10 +239,13 @@ def encode_image(
     about four times the CPU for files some 10% smaller, and on a GPU machine the
     encoder, not the model, is what limits throughput.
 
-    Rasters are written as TIFF with their georeferencing rescaled to the output's
-    size (geotiff.py); DICOM as a derived instance, ``derivation`` giving
-    dicom.encode's keywords (description, uid_seed); NIfTI as NIfTI (nifti.py:
-    ``derivation`` gives the descrip note, compress_level the gzip level of .nii.gz).
+    Rasters are written as TIFF; georeferenced (or GDAL-tagged) ones through rasterio
+    (gdal.py) with their georeferencing rescaled to the output's size, as a
+    Cloud-Optimized GeoTIFF unless raster_format is "gtiff", compressed with
+    raster_compress at compress_level in blocks of raster_blocksize; DICOM as a derived
+    instance, ``derivation`` giving dicom.encode's keywords (description, uid_seed).
+    NIfTI as NIfTI (nifti.py: ``derivation`` gives the descrip note, compress_level the gzip
+    level of .nii.gz).
     """
     try:
         fmt = _canonical(fmt) if fmt else output_format(like.format, None)[0]
@@ -279,6 +291,11 @@ def encode_image(
     dpi = (dpi[0] * dpi_scale, dpi[1] * dpi_scale) if dpi else None
     cmyk = like.mode == "CMYK" and pixels.shape[2] == 3
     try:
+        if fmt == "tiff" and like.raster is not None and like.raster.geo is not None:
+            from pipeline.formats import gdal
+
+            options = gdal.OutputOptions(raster_format, raster_compress, raster_blocksize, compress_level)
+            return gdal.encode(pixels, like, options)
         if fmt == "tiff" and like.raster is not None:
             return tiff.encode_raster(pixels, like, dpi, compress_level, cmyk=cmyk)
         if fmt == "tiff":
@@ -301,7 +318,7 @@ def _raster_refusal(fmt: str, pixels: np.ndarray, raster) -> str:
     kept = [what for what, present in (
         ("georeferencing", geo is not None and geo.georeferenced),
         ("nodata value", raster.nodata is not None or (geo is not None and geo.nodata is not None)),
-        ("GDAL metadata", geo is not None and GDAL_METADATA in geo.tags),
+        ("GDAL metadata", geo is not None and geo.has_metadata),
     ) if present]
     dtype, bands = pixels.dtype.name, pixels.shape[2]
     if dtype not in (("uint8", "uint16") if fmt == "png" else ("uint8",)):

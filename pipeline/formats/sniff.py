@@ -13,10 +13,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GZIP_MAGIC = b"\x1f\x8b"
 # NIfTI: sizeof_hdr (either byte order), then the magic of a single-file image
 NIFTI_HEADERS = ((348, 344, b"n+1\x00"), (540, 4, b"n+2\x00"))
+JP2_MAGIC = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")  # JP2 box, raw J2K codestream
 
 
 def sniff(data: bytes) -> str | None:
-    """"png" | "jpeg" | "gif" | "webp" | "tiff" | "bmp" | "dicom" | "nifti" | "nifti-gz", or None.
+    """"png" | "jpeg" | "gif" | "webp" | "tiff" | "bmp" | "dicom" | "jp2" | "nifti" | "nifti-gz", or None.
     A gzip file is NIfTI when its decompressed header is (.nii.gz): its content decides, not its name."""
     if data[128:132] == b"DICM":  # DICOM Part 10 (first: its preamble may hold a TIFF header)
         return "dicom"  # (a DICOM data set without the preamble: last, `bare_dicom`)
@@ -30,6 +31,8 @@ def sniff(data: bytes) -> str | None:
         return "webp"
     if data.startswith(TIFF_MAGIC):
         return "tiff"
+    if data.startswith(JP2_MAGIC):
+        return "jp2"
     if data.startswith(b"BM"):
         return "bmp"
     if is_nifti(data):

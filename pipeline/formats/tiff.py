@@ -2,8 +2,11 @@
 
 How the first page is read (`route`, from its tags alone):
 
+- GeoTIFF or GDAL tags (`gdal_tagged`) on a page whose samples decode as stored (every
+  layout below but palette and the Pillow ones): rasterio (formats/gdal.py), which reads
+  the georeferencing and GDAL metadata too; streamed through rasterio as well.
 - MINISBLACK / RGB samples of 8, 16 or 32 bits: tifffile, as stored (`tiff_layout`: a photo,
-  or a raster when it has geo/GDAL tags, int16 samples or another band count). Only these
+  or a raster when it has int16 samples or another band count). Only these
   are streamed window by window (formats/windows.py).
 - YCbCr JPEG: tifffile/imagecodecs decode the JPEG stream to RGB, whatever the
   YCbCrSubsampling tag says (libtiff refuses a file whose tag and stream disagree).
@@ -12,12 +15,12 @@ How the first page is read (`route`, from its tags alone):
   of 17), mode "L;4"; a raster keeps its values, with ``stored_range`` (0, 2**bits - 1).
   Either is written back at 8 (16) bits.
 - Palette: expanded through the ColorMap to RGB, mode "P" (16-bit ColorMap entries become
-  8 bit). A georeferenced palette (a class map) keeps its georeferencing, and a GDAL_NODATA
+  8 bit). A georeferenced palette (a class map) keeps its georeferencing (read by rasterio), and a GDAL_NODATA
   index becomes an alpha band (0 where the index was nodata) since no RGB value means
   nodata. The indices themselves are never upscaled: a model interpolates, and a class map's
   indices are labels; the expansion makes that interpolation a colour one.
 - Bilevel (1 sample), MINISWHITE, CMYK, uncompressed YCbCr and other layouts of up to 8
-  bits: Pillow (libtiff). Their geo/GDAL tags are read here and carried; Pillow turns a
+  bits: Pillow (libtiff). Their georeferencing is read by rasterio and carried; Pillow turns a
   TIFF upright as it loads it, which is undone for a georeferenced one (its transform
   refers to the stored grid). One with GDAL_NODATA is refused ("georeferenced CMYK TIFF is
   not supported: ..."), since the nodata value names stored values that Pillow's
@@ -30,26 +33,43 @@ How the first page is read (`route`, from its tags alone):
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tifffile
 from PIL import Image
 
-from pipeline.formats import geotiff as geo_mod
 from pipeline.formats import pillow
 from pipeline.formats.base import (
     ORIENT, ORIENTATION, PHOTO_DTYPES, TIFF_DTYPES, TYPE_SUFFIX, DecodedImage, ImageDecodeError, add_note, as_dpi,
     as_hwc, check_size, colour_space, finish, icc_for, mode_name,
 )
-from pipeline.raster import RasterInfo
+from pipeline.raster import RasterInfo, nodata_text
 
 PH = tifffile.PHOTOMETRIC
 JPEG = 7
 _STANDARD_BITS = (8, 16, 32, 64)
 _RGB_NAMES = {0: "Red", 1: "Green", 2: "Blue"}
+_RGB_NAMES_T = ("Red", "Green", "Blue")
 _INVERSE = {6: 8, 8: 6}  # the other orientations undo themselves
 _KNOWN_PHOTOMETRICS = {int(value) for value in PH}
+# ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory, GDAL_METADATA, GDAL_NODATA, RPCCoefficient
+GDAL_TAGS = (33550, 33922, 34264, 34735, 42112, 42113, 50844)
+
+
+def gdal_tagged(page) -> bool:
+    """Whether the page carries GeoTIFF or GDAL tags: then GDAL reads it (formats/gdal.py)."""
+    return any(code in page.tags for code in GDAL_TAGS)
+
+
+def load_gdal(label: str):
+    """formats.gdal, or the one-line reason it cannot be used (rasterio is the `geo` extra)."""
+    try:
+        from pipeline.formats import gdal
+    except ImportError as exc:
+        raise ImageDecodeError(f"{label}: georeferenced rasters are read with rasterio, which is not installed "
+                               f"(pip install 'pipeline[geo]'): {exc}") from exc
+    return gdal
 
 
 @dataclass
@@ -157,31 +177,27 @@ def tiff_layout(page: tifffile.TiffPage, label: str = "image") -> tuple[RasterIn
 
 
 def classify(page, color: int, label: str, dtype, bits: int | None = None) -> tuple[RasterInfo | None, dict]:
-    """Photo or raster, from the samples' type and count and the geo/GDAL tags."""
+    """Photo or raster, from the samples' type and count (GDAL-tagged pages go to formats/gdal.py)."""
     if dtype is None or np.dtype(dtype).name not in TIFF_DTYPES:
         raise unsupported(label, f"sample type {dtype} in TIFF (supported: {', '.join(TIFF_DTYPES)})")
     dtype = np.dtype(dtype)
     samples = int(page.samplesperpixel)
-    geo = geo_mod.read_geo(page)
     extras = tuple(int(e) for e in page.extrasamples) if page.extrasamples else ()
-    if geo is None and dtype.name in PHOTO_DTYPES and samples - color in (0, 1):  # a photo
+    if dtype.name in PHOTO_DTYPES and samples - color in (0, 1):  # a photo
         info = {}
         if samples > color:  # keep associated / unassociated / unspecified for TIFF output
             info["extrasample"] = extras[0] if extras else 0
         return None, info
-    names = geo.colorinterp() if geo is not None else {}
+    names = {}
     alpha = None
     for i, kind in enumerate(extras):
         if kind in (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA) and color + i < samples:
             alpha = color + i
             break
-    if alpha is None:
-        alpha = next((b for b, name in sorted(names.items()) if name.lower() == "alpha" and b < samples), None)
-    if not names and color == 3:
+    if color == 3:
         names = dict(_RGB_NAMES)
     raster = RasterInfo(
-        kind="geotiff" if geo is not None and geo.georeferenced else "tiff",
-        bands=samples, nodata=geo.nodata if geo is not None else None, alpha=alpha, names=names, geo=geo,
+        kind="tiff", bands=samples, alpha=alpha, names=names,
         photometric="rgb" if color == 3 else "minisblack", extrasamples=extras,
         stored_range=(0.0, float((1 << bits) - 1)) if bits else None,
     )
@@ -221,6 +237,11 @@ def _georeferenced(geo) -> bool:
     return geo is not None and geo.georeferenced
 
 
+def _read_geo(data: bytes, page, label: str):
+    """The GeoInfo of a GDAL-tagged page that tifffile or Pillow decodes, else None."""
+    return load_gdal(label).read_geo(data, label) if gdal_tagged(page) else None
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -238,7 +259,13 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
         if plan.how == "pillow":
             return _via_pillow(data, page, plan, label, max_pixels, info)
         if plan.how == "palette":
-            return _palette(page, label, frames, info)
+            return _palette(data, page, label, frames, info)
+        if gdal_tagged(page):
+            decoded = load_gdal(label).decode(data, label, max_pixels)
+            decoded.info.update(info)
+            if frames > 1:
+                decoded.info["frames"] = frames
+            return decoded
         dtype = page.dtype
         if plan.bits:
             dtype = np.dtype(np.uint8 if plan.bits <= 8 else np.uint16)
@@ -258,7 +285,7 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
             mode = ("L", "LA", "RGB", "RGBA")[pixels.shape[2] - 1] + f";{plan.bits}"
         return finish(
             pixels, "tiff", mode, icc=page.tags.valueof(34675), exif=None,
-            orientation=1 if raster is not None and _georeferenced(raster.geo) else page.tags.valueof(ORIENTATION, 1),
+            orientation=page.tags.valueof(ORIENTATION, 1),
             dpi=tiff_dpi(page), frames=frames, info=info, raster=raster,
         )
 
@@ -290,7 +317,7 @@ def _widen(pixels: np.ndarray, bits: int, *, photo: bool) -> np.ndarray:
     return values.astype(container)
 
 
-def _palette(page: tifffile.TiffPage, label: str, frames: int, info: dict) -> DecodedImage:
+def _palette(data: bytes, page: tifffile.TiffPage, label: str, frames: int, info: dict) -> DecodedImage:
     colormap = page.colormap
     if colormap is None or np.ndim(colormap) != 2 or np.shape(colormap)[0] != 3:
         raise ImageDecodeError(f"{label}: corrupt TIFF file (palette image without a valid ColorMap)")
@@ -300,20 +327,19 @@ def _palette(page: tifffile.TiffPage, label: str, frames: int, info: dict) -> De
     table = np.ascontiguousarray(colormap.T.astype(np.uint8))  # entries x RGB
     indices = _samples(page, label)[..., 0]
     rgb = table[np.minimum(indices, len(table) - 1)]
-    geo = geo_mod.read_geo(page)
+    geo = _read_geo(data, page, label)
     raster = None
     if geo is not None:
         alpha = None
         nodata = geo.nodata
         if nodata is not None and nodata.is_integer() and 0 <= nodata < len(table):
-            tags = dict(geo.tags)
-            del tags[geo_mod.GDAL_NODATA]  # the alpha band says it now; no RGB value means nodata
-            geo = geo_mod.GeoInfo(tags)
+            geo = replace(geo, nodata=None)  # the alpha band says it now; no RGB value means nodata
             rgb = np.dstack([rgb, np.where(indices == nodata, 0, 255).astype(np.uint8)])
             alpha = 3
-            add_note(info, f"palette expanded to RGB; nodata index {geo_mod.nodata_text(nodata)} became an alpha band")
+            add_note(info, f"palette expanded to RGB; nodata index {nodata_text(nodata)} became an alpha band")
         else:  # no nodata, or one no index can hold (then kept verbatim, as for other rasters)
             add_note(info, "palette expanded to RGB")
+        geo = geo.with_bands(("Red", "Green", "Blue", "Alpha")[: rgb.shape[2]])
         raster = RasterInfo(
             kind="geotiff" if geo.georeferenced else "tiff", bands=rgb.shape[2], nodata=None, alpha=alpha,
             names=dict(_RGB_NAMES), geo=geo, photometric="rgb",
@@ -325,13 +351,13 @@ def _palette(page: tifffile.TiffPage, label: str, frames: int, info: dict) -> De
 
 
 def _via_pillow(data, page, plan: Route, label, max_pixels, info) -> DecodedImage:
-    """libtiff decodes it; the geo/GDAL tags, which Pillow does not keep, come from tifffile."""
-    geo = geo_mod.read_geo(page)
+    """libtiff decodes it; the georeferencing, which Pillow does not keep, comes from rasterio."""
+    geo = _read_geo(data, page, label)
     if geo is not None and geo.nodata is not None:
         kind = "georeferenced" if geo.georeferenced else "GDAL-tagged"
         raise ImageDecodeError(
             f"{label}: {kind} {plan.what} TIFF is not supported: its GDAL_NODATA "
-            f"{geo_mod.nodata_text(geo.nodata)} names stored values, which the conversion for the model changes"
+            f"{nodata_text(geo.nodata)} names stored values, which the conversion for the model changes"
         )
     try:
         decoded = pillow.decode(data, "tiff", label, max_pixels)  # Pillow turns TIFFs upright as it loads them
@@ -339,6 +365,8 @@ def _via_pillow(data, page, plan: Route, label, max_pixels, info) -> DecodedImag
         raise unsupported(label, f"{plan.what} TIFF of {page.samplesperpixel} samples of {page.bitspersample} "
                                  f"bits, {_codec(page)} (libtiff cannot decode it)") from exc
     orientation = page.tags.valueof(ORIENTATION, 1)
+    if geo is not None and plan.what == "CMYK":
+        add_note(info, "georeferenced CMYK is written back as RGB (GDAL writes GeoTIFFs as RGB, not CMYK)")
     if _georeferenced(geo) and orientation in ORIENT:  # back to the stored grid, which the transform refers to
         decoded.pixels = np.ascontiguousarray(ORIENT[_INVERSE.get(orientation, orientation)](decoded.pixels))
     notes = info.get("notes", []) + decoded.info.get("notes", [])
@@ -348,6 +376,7 @@ def _via_pillow(data, page, plan: Route, label, max_pixels, info) -> DecodedImag
     if geo is not None:
         bands = decoded.pixels.shape[2]
         alpha = bands - 1 if bands in (2, 4) else None
+        geo = geo.with_bands((("Gray",) if bands <= 2 else _RGB_NAMES_T) + (("Alpha",) if alpha is not None else ()))
         decoded.raster = RasterInfo(
             kind="geotiff" if geo.georeferenced else "tiff", bands=bands, nodata=None, alpha=alpha,
             names=dict(_RGB_NAMES) if bands >= 3 else {}, geo=geo, photometric="rgb" if bands >= 3 else "minisblack",
@@ -385,22 +414,20 @@ def encode(pixels, like, dpi, cmyk, compress_level) -> bytes:
 
 
 def raster_tiff_options(like, out_height: int, out_width: int) -> dict:
-    """tifffile.write keywords that make a raster's output look like its source: photometric,
-    extra samples, and the GeoTIFF/GDAL tags rescaled to the output size (also used by the
-    streaming writer). `like` is a DecodedImage or an ImageHeader."""
+    """tifffile.write keywords that make a raster's output look like its source: photometric
+    and extra samples (also used by the streaming writer; georeferenced rasters are written
+    by formats/gdal.py). `like` is a DecodedImage or an ImageHeader."""
     raster = like.raster
-    in_h, in_w, bands = like.shape
+    bands = like.shape[2]
     color = 3 if raster.photometric == "rgb" and bands >= 3 else 1
     extras = list(raster.extrasamples)
     if len(extras) != bands - color:
         extras = [tifffile.EXTRASAMPLE.UNASSALPHA if b == raster.alpha else tifffile.EXTRASAMPLE.UNSPECIFIED
                   for b in range(color, bands)]
-    geo = raster.geo.scaled(out_width / in_w, out_height / in_h) if raster.geo is not None else None
     return {
         "photometric": "rgb" if color == 3 else "minisblack",
         "planarconfig": "contig" if bands > 1 else None,
         "extrasamples": extras or None,
-        "extratags": geo.extratags() if geo is not None else [],
         "metadata": None,
     }
 

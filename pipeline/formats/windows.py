@@ -1,7 +1,8 @@
 """Reading a TIFF a window at a time: the header alone, then only the segments a window needs.
 
-Used by the streaming strategy of the read stage (stages/stream.py) for TIFFs too large to
-decode whole.
+Used by the streaming strategy of the read stage (stages/stream.py) for plain TIFFs (photos,
+rasters without GeoTIFF or GDAL tags) too large to decode whole; georeferenced ones are
+read window by window through rasterio (formats/gdal.py).
 
 A segment is a tile, a strip, or, for a strip larger than BAND_BYTES decoded (tifffile and
 Pillow write a whole uncompressed image as one strip), a band of its rows: uncompressed
@@ -62,13 +63,13 @@ def _header(fh, threshold, name) -> ImageHeader | None:
             return None
         if page.is_subsampled or page.imagedepth > 1 or page.dtype is None:
             return None
+        if tiff.gdal_tagged(page):
+            return None  # GeoTIFFs stream through rasterio (formats/gdal.py)
         layout = tiff.tiff_layout(page, name)
         if layout is None:
             return None  # palette / CMYK / bilevel / odd bit depths: decoded in memory
         info_raster, info = layout
-        georeferenced = info_raster is not None and info_raster.geo is not None \
-            and info_raster.geo.georeferenced
-        if not georeferenced and page.tags.valueof(ORIENTATION, 1) != 1:
+        if page.tags.valueof(ORIENTATION, 1) != 1:
             return None
         segment_plan(page, name)  # refuses a strip that can neither be held nor read by rows
         shape = (page.imagelength, page.imagewidth, page.samplesperpixel)

@@ -75,6 +75,8 @@ import numpy as np
 
 BAND_MODES = ("rgb+gray", "each")
 RADIOMETRIC_MODES = ("auto", "minmax", "dtype")
+RASTER_FORMATS = ("cog", "gtiff")  # how georeferenced rasters are written (formats/gdal.py)
+RASTER_COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 
 
 @dataclass
@@ -92,6 +94,7 @@ class RasterInfo:
     value_map: object | None = None  # DICOM modality LUT: .forward(stored), .inverse(values), .domain
     stored_range: tuple[float, float] | None = None  # valid stored values (DICOM BitsStored)
     frames: int = 1  # DICOM multi-frame: the pixels are H x W x (frames x bands), frame-major
+    mask: bool = False  # the last band is the file's per-dataset mask (GDAL), as alpha: written back as a mask
 
 
 class BandStats:
@@ -117,6 +120,15 @@ class BandStats:
                 self.lo[b] = min(self.lo[b], float(np.min(values)))
                 self.hi[b] = max(self.hi[b], float(np.max(values)))
         return self
+
+
+def nodata_text(value: float | None) -> str | None:
+    """A nodata value as GDAL writes it: '0', '-9999', 'nan' (the manifest's `nodata`)."""
+    if value is None:
+        return None
+    if math.isnan(value):
+        return "nan"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def usable_nodata(nodata: float | None, dtype) -> float | None:

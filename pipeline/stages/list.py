@@ -23,7 +23,7 @@ import fsspec
 from pipeline import formats, store
 
 EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".gif": "gif", ".webp": "webp",
-                     ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom",
+                     ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom", ".jp2": "jp2",
                      ".nii": "nifti", ".nii.gz": "nifti-gz",
                      ".safe": "tiff"}  # a Sentinel-2 product (formats/safe.py) is read as a GeoTIFF
 

@@ -1,11 +1,11 @@
 """Read: bytes through fsspec, decoded to pixels at the source's bit depth.
 
-Rasters (GeoTIFF, multi-band, int16, DICOM) also get their band plan and model inputs
-here, in the reader thread; a NIfTI volume its band plan only (its slices are mapped in
-groups during inference, so the whole volume is never held as float planes). A TIFF
-over the stream threshold has only its header read: the streaming strategy
-(stages/stream.py) then reads it window by window during inference and writes it tile
-by tile.
+Rasters (GeoTIFF, JPEG 2000, multi-band, int16, DICOM) also get their band plan and model
+inputs here, in the reader thread; a NIfTI volume its band plan only (its slices are mapped
+in groups during inference, so the whole volume is never held as float planes). A TIFF or
+JPEG 2000 file over the stream threshold has only its header read: the streaming strategy
+(stages/stream.py) then reads it window by window during inference and writes it tile by
+tile.
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ def read(work: ImageWork, spec, local_dir) -> ImageWork:
             job = stream.probe(work.source.uri, spec.storage_options, threshold=spec.stream_threshold,
                                name=work.source.uri)
             if job is not None:
-                if formats.output_format("tiff", spec.format)[0] != "tiff":
+                if formats.output_format(job.like.format, spec.format)[0] != "tiff":
                     h, w, _ = job.shape
                     raise formats.OutputFormatError(f"{w} x {h} pixels stream into a tiled TIFF; --format "
                                                     f"{spec.format} is not possible for it")
                 job.band_mode, job.radiometric, job.compress_level = spec.band_mode, spec.radiometric, \
                     spec.compress_level
+                job.output = (spec.raster_format, spec.raster_compress, spec.raster_blocksize)
                 job.local_dir = local_dir(work.planned.output_key)
                 work.stream = job
                 row.update(job.row_fields())

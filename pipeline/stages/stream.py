@@ -1,16 +1,18 @@
-"""Gigapixel TIFFs, window by window: memory bound by the window and the model, not the image.
+"""Gigapixel rasters, window by window: memory bound by the window and the model, not the image.
 
-A TIFF (tiled or stripped; GeoTIFF or photo) with more than ``--stream-threshold``
-pixels (default 4096 x 4096) is never decoded whole: the streaming strategy of the read,
-infer and write stages. `probe` (read stage) reads its header only (formats/windows.py);
-`run` (infer stage) then
+A TIFF (tiled or stripped; GeoTIFF or photo) or JPEG 2000 file with more than
+``--stream-threshold`` pixels (default 4096 x 4096) is never decoded whole: the streaming
+strategy of the read, infer and write stages. `probe` (read stage) reads its header only
+(rasterio for GeoTIFF/GDAL-tagged TIFFs and JPEG 2000, formats/gdal.py; formats/windows.py
+for plain TIFFs); `run` (infer stage) then
 
 1. takes the band statistics in one pass over the file's segments when the radiometric
    scaling needs them (``minmax``; see raster.py), decoding one strip or tile at a time;
 2. walks the output in rows of TIFF tiles of about 1024 x 1024 pixels; each window is
    one tile high and a tile or two wide (about 512 input pixels), read from the input
-   with a margin of half the model's overlap on every side (`formats.windows.WindowReader`:
-   the tiles or strip rows it needs, decoded once and kept in an LRU cache of fixed size);
+   with a margin of half the model's overlap on every side (`formats.gdal.WindowReader`:
+   GDAL's windowed read, its block cache capped; `formats.windows.WindowReader` for plain
+   TIFFs: the tiles or strip rows it needs, decoded once and kept in an LRU cache of fixed size);
 3. upscales the window with the same engine and the same `BandPlan` as the in-memory
    path: inside the window the engine tiles and blends with tiling.py's window as
    always; the window's margin is then cropped. The margin is half the overlap the
@@ -18,21 +20,24 @@ infer and write stages. `probe` (read stage) reads its header only (formats/wind
    equals whole-image output when a quarter of the overlap covers the receptive field
    (tiling.py), so a margin of twice that leaves the core equal to whole-image output
    too (tested against the in-memory path);
-4. yields the window's output tiles, in order, to tifffile, which compresses and writes
-   them to a tiled TIFF (BigTIFF when the raw output exceeds 2 GiB) in a local temporary
-   file: in the destination folder when that is local, otherwise in the temporary
-   directory; the write stage renames it over the final name, or uploads it in one PUT.
+4. writes the window's output into a local temporary file: for a georeferenced raster a
+   tiled GeoTIFF through rasterio, then copied by GDAL's COG driver to a Cloud-Optimized
+   GeoTIFF with overviews (`formats.gdal.StreamWriter`; `--raster-format gtiff` keeps the
+   tiled GeoTIFF); for a plain TIFF, tile by tile through tifffile (BigTIFF when the raw
+   output exceeds 2 GiB). The file is in the destination folder when that is local,
+   otherwise in the temporary directory; the write stage renames it over the final name,
+   or uploads it in one PUT.
 
 Peak memory is the window (input, model inputs, engine activations and stitcher at the
-output resolution), the segment cache (`CACHE_BYTES`) and tifffile's write buffer,
+output resolution), the segment cache (`CACHE_BYTES`, or GDAL's block cache,
+`formats.gdal.CACHE_MB`) and the writer's buffers,
 whatever the image size. `lr_psnr` is accumulated window by window (the window output
 downscaled, compared with the window's core), so it is the same figure as for an
 in-memory image. Reference metrics (PSNR/SSIM against --reference) are not computed
 for streamed images: the reference would be gigapixel too.
 
 Limits: integer scales only (an output tile must start on an input pixel); TIFF
-output only; no Cloud-Optimized GeoTIFF conversion (no overviews are written:
-``gdaladdo`` or ``gdal_translate -of COG`` can add them afterwards).
+output only; plain (non-georeferenced) TIFFs get no overviews.
 """
 
 from __future__ import annotations
@@ -53,11 +58,11 @@ from pipeline.inference.engine import model_passes
 OUTPUT_TILE = 1024  # about this many output pixels per TIFF tile side
 WINDOW_INPUT = 512  # about this many input pixels per window width
 BIGTIFF_BYTES = 2 << 30  # raw output size from which BigTIFF is written
-TIFF_SUFFIXES = (".tif", ".tiff")
+STREAM_SUFFIXES = (".tif", ".tiff", ".jp2")
 
 
 def may_stream(key: str) -> bool:
-    return key.lower().endswith(TIFF_SUFFIXES)
+    return key.lower().endswith(STREAM_SUFFIXES)
 
 
 @dataclass
@@ -71,6 +76,7 @@ class StreamJob:
     band_mode: str = "rgb+gray"
     radiometric: str = "auto"
     compress_level: int = 1
+    output: tuple = ("cog", "deflate", 512)  # raster format, compression, block size (georeferenced rasters)
     local_dir: str | None = None  # where the temporary output goes (the destination folder when local)
     # results
     tmp_path: str | None = None
@@ -88,7 +94,7 @@ class StreamJob:
     def row_fields(self) -> dict:
         h, w, c = self.shape
         return {"width": w, "height": h, "channels": c, "dtype": str(self.like.dtype),
-                "src_format": "tiff", "src_mode": self.like.mode}
+                "src_format": self.like.format, "src_mode": self.like.mode}
 
     def cleanup(self) -> None:
         if self.tmp_path and os.path.exists(self.tmp_path):
@@ -103,19 +109,46 @@ def _open(uri: str, storage_options: dict):
 
 
 def probe(uri: str, storage_options: dict, *, threshold: int, name: str = "") -> StreamJob | None:
-    """A StreamJob when the TIFF at `uri` has more than `threshold` pixels and a layout that
-    can be read window by window; None otherwise (the image is then decoded in memory)."""
+    """A StreamJob when the TIFF or JPEG 2000 file at `uri` has more than `threshold` pixels
+    and a layout that can be read window by window; None otherwise (decoded in memory)."""
     if not threshold:
         return None
 
     def read_header():
         with _open(uri, storage_options) as fh:
-            return windows.read_header(fh, threshold=threshold, name=name or uri)
+            if not _through_gdal(fh):
+                return windows.read_header(fh, threshold=threshold, name=name or uri)
+        from pipeline.formats.tiff import load_gdal
+
+        return load_gdal(name or uri).read_header(uri, storage_options, threshold=threshold, name=name or uri)
 
     like = store.with_retries(read_header, f"reading the header of {uri}")
     if like is None:
         return None
     return StreamJob(uri=uri, storage_options=storage_options, name=name or uri, like=like)
+
+
+def _through_gdal(fh) -> bool:
+    """JPEG 2000, or a TIFF with GeoTIFF/GDAL tags: read by rasterio (the header alone decides)."""
+    from pipeline.formats import sniff, tiff
+
+    kind = sniff.sniff(fh.read(132))
+    fh.seek(0)
+    if kind == "jp2":
+        return True
+    if kind != "tiff":
+        return False
+    try:
+        with tifffile.TiffFile(fh) as tif:
+            return tiff.gdal_tagged(tif.pages[0])
+    except Exception:  # the in-memory decoder names what is wrong with it
+        return False
+    finally:
+        fh.seek(0)
+
+
+def _geo(job: StreamJob) -> bool:
+    return job.like.raster is not None and job.like.raster.geo is not None
 
 
 def window_grid(height: int, width: int, scale: int) -> tuple[int, int]:
@@ -150,10 +183,7 @@ def run(job: StreamJob, upscaler, scale: float | None, *, deadline: float | None
     h, w, bands = job.shape
     dtype = job.like.dtype
     info = job.like.raster
-    with _open(job.uri, job.storage_options) as fh, tifffile.TiffFile(fh) as tif:
-        page = tif.pages[0]
-        fill = info.nodata if info is not None and info.nodata is not None and not math.isnan(info.nodata) else 0
-        reader = windows.WindowReader(page, fill=fill)
+    with _reader(job, info) as reader:
         nodata = info.nodata if info is not None else None
         value_map = info.value_map if info is not None else None
         stats = raster.BandStats(bands, nodata, value_map)
@@ -170,7 +200,8 @@ def run(job: StreamJob, upscaler, scale: float | None, *, deadline: float | None
         margin = _margin(upscaler, s)
         score = _LrScore(plan)
 
-        def tiles():
+        def cores():
+            """(output row, output column, pixels) of each window's core, in order."""
             for cy0 in range(0, h, tile_in):
                 cy1 = min(h, cy0 + tile_in)
                 for cx0 in range(0, w, window_w):
@@ -188,22 +219,16 @@ def run(job: StreamJob, upscaler, scale: float | None, *, deadline: float | None
                     out = out[(cy0 - wy0) * s : (cy1 - wy0) * s, (cx0 - wx0) * s : (cx1 - wx0) * s]
                     job.windows += 1
                     _release_freed_memory()
-                    for tx in range(0, out.shape[1], tile_out):
-                        tile = out[:, tx : tx + tile_out]
-                        yield tile[..., 0] if bands == 1 else tile
+                    yield cy0 * s, cx0 * s, out
 
-        options = _tiff_options(job.like, out_h, out_w)
-        bigtiff = out_h * out_w * bands * dtype.itemsize > BIGTIFF_BYTES
         fd, tmp = tempfile.mkstemp(dir=job.local_dir, prefix=".upscaler-stream-", suffix=".tif.tmp")
         os.close(fd)
         job.tmp_path = tmp
         try:
-            with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
-                writer.write(
-                    tiles(), shape=(out_h, out_w) if bands == 1 else (out_h, out_w, bands), dtype=dtype,
-                    tile=(tile_out, tile_out), compression="zlib",
-                    compressionargs={"level": job.compress_level}, predictor=True, **options,
-                )
+            if _geo(job):
+                _write_gdal(job, tmp, cores(), (out_h, out_w, bands))
+            else:
+                _write_tifffile(job, tmp, cores(), (out_h, out_w, bands), tile_out)
         except BaseException:
             job.cleanup()
             raise
@@ -211,6 +236,55 @@ def run(job: StreamJob, upscaler, scale: float | None, *, deadline: float | None
         job.out_shape = (out_h, out_w, bands)
         job.lr_psnr = score.value()
     return job
+
+
+def _reader(job: StreamJob, info):
+    """The window reader of the job's source, as a context manager: rasterio's for
+    georeferenced rasters, ours (formats/windows.py) for plain TIFFs."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def opened():
+        if _geo(job):
+            from pipeline.formats import gdal
+
+            with gdal.open_dataset(job.uri, job.storage_options) as ds:
+                yield gdal.WindowReader(ds, info)
+            return
+        with _open(job.uri, job.storage_options) as fh, tifffile.TiffFile(fh) as tif:
+            nodata = info.nodata if info is not None else None
+            fill = nodata if nodata is not None and not math.isnan(nodata) else 0
+            yield windows.WindowReader(tif.pages[0], fill=fill)
+
+    return opened()
+
+
+def _write_gdal(job: StreamJob, tmp: str, cores, shape: tuple) -> None:
+    from pipeline.formats import gdal
+
+    options = gdal.OutputOptions(*job.output, level=job.compress_level)
+    with gdal.StreamWriter(tmp, job.like, shape, job.like.dtype, options) as writer:
+        for y0, x0, out in cores:
+            writer.write(y0, x0, out)
+
+
+def _write_tifffile(job: StreamJob, tmp: str, cores, shape: tuple, tile_out: int) -> None:
+    out_h, out_w, bands = shape
+    dtype = job.like.dtype
+
+    def tiles():
+        for _y0, _x0, out in cores:
+            for tx in range(0, out.shape[1], tile_out):
+                tile = out[:, tx : tx + tile_out]
+                yield tile[..., 0] if bands == 1 else tile
+
+    bigtiff = out_h * out_w * bands * dtype.itemsize > BIGTIFF_BYTES
+    with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
+        writer.write(
+            tiles(), shape=(out_h, out_w) if bands == 1 else (out_h, out_w, bands), dtype=dtype,
+            tile=(tile_out, tile_out), compression="zlib", compressionargs={"level": job.compress_level},
+            predictor=True, **_tiff_options(job.like, out_h, out_w),
+        )
 
 
 def _release_freed_memory() -> None:

@@ -52,7 +52,9 @@ def encode(work: ImageWork, spec) -> tuple[bytes, str, str]:
         model = posixpath.basename(str(row.model or "").rstrip("/"))
         derivation = {"description": f"upscaler x{out.shape[1] / decoded.shape[1]:g} in-plane, {model}"}
     data = formats.encode_image(out, decoded, fmt, quality=spec.quality, dpi_scale=out.shape[1] / decoded.shape[1],
-                                compress_level=spec.compress_level, derivation=derivation)
+                                compress_level=spec.compress_level, derivation=derivation,
+                                raster_format=spec.raster_format, raster_compress=spec.raster_compress,
+                                raster_blocksize=spec.raster_blocksize)
     return data, fmt, ext
 
 
@@ -68,7 +70,7 @@ def _output_path(work: ImageWork, spec, dst_fs, dst_root: str, ext: str) -> str:
 def _write_stream(work: ImageWork, spec, dst_fs, dst_root: str) -> None:
     job, row = work.stream, work.row
     with stage(work, "write"):
-        fmt, ext = formats.output_format("tiff", spec.format)
+        fmt, ext = formats.output_format(job.like.format, spec.format)
         if fmt != "tiff":
             raise formats.ImageEncodeError(f"{work.source.uri} is {job.shape[1]} x {job.shape[0]} pixels and is "
                                            f"streamed into a tiled TIFF; --format {fmt} is not possible for it")
@@ -125,16 +127,16 @@ def raster_columns(decoded, plan, out_shape: tuple, uid_seed: str) -> dict:
     info = decoded.raster
     if info is None:
         return {}
-    from pipeline.formats import geotiff as geo
+    from pipeline import raster
 
-    columns = {"nodata": geo.nodata_text(info.nodata)}
+    columns = {"nodata": raster.nodata_text(info.nodata)}
     if plan is not None:
         columns.update(bands=plan.bands_json(), radiometric=plan.radiometric_json())
     if info.geo is not None:
         in_h, in_w = decoded.shape[:2]
         out_h, out_w = out_shape[:2]
-        columns.update(crs=info.geo.crs(), transform_in=geo.describe_transform(info.geo),
-                       transform_out=geo.describe_transform(info.geo.scaled(out_w / in_w, out_h / in_h)))
+        columns.update(crs=info.geo.crs(), transform_in=info.geo.transform_json(),
+                       transform_out=info.geo.scaled(out_w / in_w, out_h / in_h).transform_json())
     if decoded.format == "dicom":
         from pipeline.formats import dicom
 

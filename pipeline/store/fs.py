@@ -19,7 +19,7 @@ import fsspec
 from pipeline.store.retry import with_retries
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz",
-                    ".safe.zip", ".safe")
+                    ".jp2", ".safe.zip", ".safe")
 PRODUCT_FOLDERS = (".safe",)  # a Sentinel-2 product folder is one source, not its 13+ files
 RESERVED_PREFIXES = ("_manifest/", "_report/", "_plans/", "_stac/")
 
