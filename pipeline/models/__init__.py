@@ -2,8 +2,8 @@
 
 Checkpoints are recognised from their keys and shapes, in the manner of
 spandrel: first by this package's own architectures (one folder each:
-srcnn, espcn, edsr, rcan — each with `detect` and `build`), so BasicSR EDSR
-and RCAN files load natively, then by spandrel for everything else.
+srcnn, espcn, edsr, rcan, span, compact — each with `detect` and `build`), so
+BasicSR EDSR and RCAN, SPAN and Real-ESRGAN Compact files load natively, then by spandrel for everything else.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import edsr, espcn, rcan, srcnn
+from . import compact, edsr, espcn, rcan, span, srcnn
 from .base import LoadedModel, ModelLoadError, NativeArch, StateDict
 from .interpolation import INTERPOLATIONS
 from .spandrel_adapter import load_with_spandrel
@@ -21,7 +21,7 @@ from .weights import file_path, metadata_hints, read_state_dict, save_model
 
 # Detection order matters only where key sets overlap: SRCNN and ESPCN share
 # conv1..conv3 and differ by conv3's width.
-NATIVE_ARCHS: tuple[NativeArch, ...] = (srcnn.ARCH, espcn.ARCH, edsr.ARCH, rcan.ARCH)
+NATIVE_ARCHS: tuple[NativeArch, ...] = (srcnn.ARCH, espcn.ARCH, edsr.ARCH, rcan.ARCH, span.ARCH, compact.ARCH)
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 

@@ -46,7 +46,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "edsr"  # srcnn | espcn | edsr | rcan | rrdb
+    arch: str = "edsr"  # srcnn | espcn | edsr | rcan | span | compact | rrdb
     scale: int = 4
     options: dict = field(default_factory=dict)  # constructor arguments (num_feat, num_block, ...)
     init_from: str = ""  # weights to start from (shape-matching tensors only, e.g. x2 -> x4)

@@ -1,6 +1,6 @@
 """Building the network to train, by architecture name, in exactly the form
 `pipeline.models.load_model` recognises, so exported weights load without
-any extra description: the native archs (srcnn, espcn, edsr, rcan) through
+any extra description: the native archs (srcnn, espcn, edsr, rcan, span, compact) through
 their own `build`, rrdb (ESRGAN's RRDBNet) through spandrel."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import inspect
 import torch
 from torch import nn
 
-from pipeline.models import edsr, espcn, rcan, srcnn
+from pipeline.models import compact, edsr, espcn, rcan, span, srcnn
 from pipeline.models.weights import read_state_dict
 
 NATIVE = {
@@ -18,6 +18,8 @@ NATIVE = {
     "espcn": (espcn.ARCH, espcn.ESPCN),
     "edsr": (edsr.ARCH, edsr.EDSR),
     "rcan": (rcan.ARCH, rcan.RCAN),
+    "span": (span.ARCH, span.SPAN),
+    "compact": (compact.ARCH, compact.SRVGGNetCompact),
 }
 ARCH_NAMES = (*NATIVE, "rrdb")
 

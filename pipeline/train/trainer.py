@@ -138,6 +138,9 @@ class Trainer:
         if self.is_main:
             self.log(f"{self.arch_name} x{scale}: {self.params} parameters; {len(train_sources)} training "
                      f"images, {len(val_sources)} validation images; {world_size} worker(s) on {self.device}")
+            if self.sampler.skipped:
+                self.log(f"{len(self.sampler.skipped)} training image(s) smaller than one LR crop "
+                         f"({cfg.data.lr_patch} px) left out: {', '.join(self.sampler.skipped[:5])}")
         self.step, self.wall = 0, 0.0
         self.resume()
 
