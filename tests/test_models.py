@@ -320,16 +320,101 @@ def test_unknown_keys_give_an_error_naming_the_file(tmp_path):
 
 
 def test_spandrel_architectures_load_when_no_native_one_matches(tmp_path):
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(0)
+    net = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2).eval()
+    model = load_model(save_pth(tmp_path / "tiny_esrgan.pth", {"params": net.state_dict()}))
+    assert (model.arch, model.scale, model.name) == ("ESRGAN", 2, "tiny_esrgan")
+    assert model.tiling == "supported"
+    x = image()
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(x), net(x))
+
+
+# --- SPAN and Compact: native, equal to the release code (spandrel's copy) ------
+
+def release_span(scale=4, feat=16, seed=0, norm=True):
+    """The authors' SPAN (spandrel's copy of the release code) with random weights."""
+    from spandrel.architectures.SPAN import SPAN
+
+    torch.manual_seed(seed)
+    net = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=feat, upscale=scale, norm=norm)
+    for p in net.parameters():
+        p.data.normal_(0, 0.05)
+    return net.eval()
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_span_release_checkpoint_loads_natively_and_equals_the_release_forward(tmp_path, scale):
+    net = release_span(scale)
+    model = load_model(save_pth(tmp_path / "span.pth", {"params_ema": net.state_dict()}))
+    assert (model.arch, model.scale, model.overlap) == ("SPAN", scale, 32)
+    assert model.config == {"scale": scale, "num_in_ch": 3, "num_out_ch": 3, "num_feat": 16, "num_block": 6,
+                            "gain": 2, "norm": True}
+    x = image(13, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_span_without_normalisation_is_recognised_by_its_marker_buffer(tmp_path):
+    net = release_span(2, norm=False)
+    model = load_model(save_pth(tmp_path / "span.pth", net.state_dict()))
+    assert model.config["norm"] is False
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(image()), net(image()), rtol=1e-4, atol=1e-4)
+
+
+def test_span_branches_count_not_a_stale_eval_conv(tmp_path):
+    """The release folds eval_conv only when it runs in eval mode, so a file may
+    hold an out-of-date one: the branches are folded again on load."""
+    net = release_span(2)
+    sd = net.state_dict()
+    stale = {k: (torch.zeros_like(v) if ".eval_conv." in k else v) for k, v in sd.items()}
+    model = load_model(save_pth(tmp_path / "stale.pth", stale))
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(image()), net(image()), rtol=1e-4, atol=1e-4)
+
+
+def test_span_folded_conv_equals_its_training_branches_at_the_borders_too():
+    from pipeline.models.span import SPAN
+
+    torch.manual_seed(1)
+    net = SPAN(scale=2, num_feat=8, num_block=2)
+    for p in net.parameters():
+        p.data.normal_(0, 0.1)
+    x = image(9, 6)
+    with torch.no_grad():
+        branches = net.train()(x)
+        folded = net.eval()(x)
+    torch.testing.assert_close(folded, branches, rtol=1e-5, atol=1e-5)
+
+
+def test_plain_span_round_trips_through_save_model(tmp_path):
+    from pipeline.models.span import SPAN
+
+    net = SPAN(scale=2, num_feat=8, num_block=2, gain=0).eval()
+    path = tmp_path / "plain.safetensors"
+    safetensors.torch.save_file(net.state_dict(), path)
+    model = load_model(str(path))
+    assert (model.arch, model.config["gain"], model.config["num_block"]) == ("SPAN", 0, 2)
+    assert not any(".sk." in k for k in model.module.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(image()), net(image()), rtol=0, atol=0)
+
+
+def test_compact_loads_natively_and_equals_spandrel(tmp_path):
     from spandrel.architectures.Compact import Compact
 
     torch.manual_seed(0)
     net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).eval()
     model = load_model(save_pth(tmp_path / "tiny_compact.pth", {"params": net.state_dict()}))
-    assert (model.arch, model.scale, model.name) == ("Compact", 2, "tiny_compact")
-    assert model.overlap == 32 and model.tiling == "supported"
+    assert (model.arch, model.scale, model.name, model.overlap) == ("Compact", 2, "tiny_compact", 32)
+    assert model.config == {"scale": 2, "num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2}
+    assert type(model.module).__module__ == "pipeline.models.compact.arch"
     x = image()
     with torch.no_grad():
-        torch.testing.assert_close(model.module(x), net(x))
+        torch.testing.assert_close(model.module(x), net(x), rtol=0, atol=0)
 
 
 def test_original_rcan_layout_is_left_to_spandrel_not_mistaken_for_edsr(tmp_path):
@@ -514,8 +599,11 @@ def psnr(a, b):
 
 @pytest.mark.shared
 @needs_animevideo
-def test_realesrgan_animevideo_v3_loads_through_spandrel_and_upscales():
+def test_realesrgan_animevideo_v3_loads_natively_equals_spandrel_and_upscales():
+    from spandrel import ModelLoader
+
     model = load_model(str(ANIMEVIDEO))
+    assert model.source == str(ANIMEVIDEO) and type(model.module).__name__ == "SRVGGNetCompact"
     assert (model.arch, model.scale, model.in_channels, model.out_channels) == ("Compact", 4, 3, 3)
     assert model.sha256.startswith("4e1e09ba96d0")
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 24), torch.linspace(0, 1, 20), indexing="ij")
@@ -523,6 +611,8 @@ def test_realesrgan_animevideo_v3_loads_through_spandrel_and_upscales():
     with torch.no_grad():
         out = model.module(x)
     assert out.shape == (1, 3, 96, 80)
+    with torch.no_grad():
+        assert torch.equal(out, ModelLoader().load_from_file(str(ANIMEVIDEO)).model.eval()(x))
     assert -0.1 < out.min() and out.max() < 1.1
     upscaled = resize_torch(x, (96, 80))
     noise = torch.rand(out.shape, generator=torch.Generator().manual_seed(0))

@@ -22,12 +22,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.models import load_model
+from pipeline.models import load_model, read_state_dict
 from pipeline.models.edsr.arch import EDSR
 from pipeline.train import add_train_arguments, config_from_args, run_train
 from pipeline.train.config import Config, LossConfig, load_config
 from pipeline.train.export import export_weights
 from pipeline.train.losses import MissingWeightsError, SRLoss
+from pipeline.train.models import build_model
 from pipeline.train.trainer import Trainer, lr_factor
 
 TINY = {"num_feat": 8, "num_block": 1}
@@ -279,6 +280,45 @@ def test_exported_safetensors_loads_with_load_model_and_runs(images, tmp_path):
     x = torch.rand(1, 3, 10, 12)
     assert torch.allclose(half.module(x), full.module(x), atol=2e-3)
     assert (tmp_path / "ship.safetensors").stat().st_size < 0.6 * (tmp_path / "final.safetensors").stat().st_size
+
+
+@pytest.mark.parametrize("arch, options, name", [
+    ("span", "{num_feat=8, num_block=1}", "SPAN"),
+    ("span", "{num_feat=8, num_block=1, gain=0}", "SPAN"),
+    ("compact", "{num_feat=8, num_conv=1}", "Compact"),
+])
+def test_efficient_architectures_train_and_export_weights_load_model_recognises(images, tmp_path, arch, options,
+                                                                                 name):
+    args = add_train_arguments(argparse.ArgumentParser()).parse_args(
+        ["--hr", str(images), "--arch", arch, "--scale", "2", "--out", str(tmp_path / "run"), "--steps", "3",
+         "--no-ray", "--set", f"model.options={options}", "--set", "data.lr_patch=8",
+         "--set", "data.batch_size=2", "--set", "train.progress=false"])
+    assert run_train(args) == 0
+    model = load_model(str(tmp_path / "run" / "model.safetensors"))
+    assert (model.arch, model.scale, model.config["num_feat"]) == (name, 2, 8)
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        out = model.module(x)
+        # the file's eval_conv is the fold of the weights it was trained as: the same network in training form
+        net, _, _ = build_model(arch, 2, model.config | {"scale": 2})
+        net.load_state_dict(read_state_dict(str(tmp_path / "run" / "model.safetensors"))[0])
+        torch.testing.assert_close(net.train()(x), out, rtol=1e-5, atol=1e-5)
+    assert out.shape == (1, 3, 20, 24) and torch.isfinite(out).all()
+
+
+def test_a_benchmark_image_in_the_training_folder_stops_the_run_naming_it(images, tmp_path):
+    """Set5 copied into the training folder under another name, as a modcropped copy, is still found."""
+    bench = tmp_path / "set5"
+    bench.mkdir()
+    first = sorted(images.glob("*.png"))[0]
+    Image.fromarray(np.asarray(Image.open(first))[:60, :60]).save(bench / "baby.png")
+    args = add_train_arguments(argparse.ArgumentParser()).parse_args(
+        ["--hr", str(images), "--arch", "espcn", "--scale", "2", "--out", str(tmp_path / "run"), "--steps", "1",
+         "--no-ray", "--set", "data.lr_patch=8", "--set", "data.batch_size=2", "--set", "train.progress=false",
+         "--set", f"data.benchmark_hr=[{json.dumps(str(bench))}]"])
+    with pytest.raises(ValueError, match=rf"1 training/validation image\(s\) are benchmark images.*{first.name} = .*baby\.png"):
+        Trainer(config_from_args(args))
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 # --- Ray Train ----------------------------------------------------------------------

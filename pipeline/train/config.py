@@ -35,6 +35,9 @@ class DataConfig:
     val_hr: str = ""
     val_count: int = 0
     val_max_side: int = 0  # centre-crop validation HR to this size (0: whole image)
+    # Benchmark folders (Set5, Set14, B100...): a training or validation image with the same
+    # pixels as one of theirs (modcrop included) stops the run before it starts.
+    benchmark_hr: list[str] = field(default_factory=list)
     # Real-ESRGAN-style degradations (applied to the HR crop, then downscaled).
     blur_prob: float = 0.0
     blur_sigma: tuple[float, float] = (0.2, 2.0)

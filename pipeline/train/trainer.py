@@ -33,7 +33,7 @@ from pipeline.inference.engine import pick_device  # noqa: F401  (also used by t
 from pipeline.models import LoadedModel, save_model
 
 from .config import Config
-from .data import PatchSampler, load_pairs, split_sources, to_tensor
+from .data import PatchSampler, benchmark_leaks, load_pairs, split_sources, to_tensor
 from .losses import SRLoss
 from .models import build_model, init_from
 
@@ -130,11 +130,15 @@ class Trainer:
 
         train_sources, val_sources = split_sources(cfg.data)
         scale = cfg.model.scale
-        self.sampler = PatchSampler(load_pairs(train_sources, scale, cfg.data.storage_options,
-                                               scale_augment=cfg.data.scale_augment),
-                                    cfg.data, scale, cfg.train.seed)
+        train_pairs = load_pairs(train_sources, scale, cfg.data.storage_options, scale_augment=cfg.data.scale_augment)
         self.val = (load_pairs(val_sources, scale, cfg.data.storage_options, cfg.data.val_max_side)
                     if self.is_main else [])
+        leaks = benchmark_leaks([p for p in train_pairs + self.val if "@" not in p.key], cfg.data.benchmark_hr,
+                                cfg.data.storage_options)
+        if leaks:
+            raise ValueError(f"{len(leaks)} training/validation image(s) are benchmark images "
+                             f"(data.benchmark_hr): {'; '.join(leaks[:3])}")
+        self.sampler = PatchSampler(train_pairs, cfg.data, scale, cfg.train.seed)
         if self.is_main:
             self.log(f"{self.arch_name} x{scale}: {self.params} parameters; {len(train_sources)} training "
                      f"images, {len(val_sources)} validation images; {world_size} worker(s) on {self.device}")

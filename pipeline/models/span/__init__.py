@@ -33,8 +33,8 @@ def detect(state_dict: dict, metadata: dict) -> dict | None:
 
 
 def convert(state_dict: dict) -> dict:
-    """Fold every Conv3XC's branches into its eval_conv; drop the release's marker buffer."""
-    out = {k: v for k, v in state_dict.items() if k != "no_norm"}
+    """Fold every Conv3XC's branches into its eval_conv."""
+    out = dict(state_dict)
     for key in [k for k in out if k.endswith(".sk.weight")]:
         p = key[: -len("sk.weight")]
         names = [f"{p}conv.{i}.{t}" for i in range(3) for t in ("weight", "bias")] + [f"{p}sk.weight", f"{p}sk.bias"]
