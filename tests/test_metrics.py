@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import LPIPS, lpips_value, lr_psnr, psnr, rgb_to_y, sam_degrees, ssim
+from pipeline.metrics import lpips_value, lr_psnr, psnr, rgb_to_y, sam_degrees, ssim
 from pipeline.inference.resize import imresize
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -249,75 +249,73 @@ def test_sam_equals_hand_computed_angles():
 
 
 @pytest.fixture(scope="module")
-def lpips_files(tmp_path_factory):
-    """Randomly initialised AlexNet features and positive lin weights, saved
-    as the real files are laid out (no download involved)."""
-    from safetensors.torch import save_file
+def random_alexnet_home(tmp_path_factory):
+    """A TORCH_HOME whose hub cache holds a randomly initialised torchvision
+    AlexNet under the name torchvision downloads it as (no download involved)."""
     from torchvision.models import alexnet
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("lpips")
-    features = alexnet(weights=None).features.state_dict()
-    backbone = folder / "alexnet.pth"
-    torch.save({f"features.{k}": v for k, v in features.items()}, backbone)
-    bare = folder / "alexnet_bare.safetensors"
-    save_file({k: v.contiguous() for k, v in features.items()}, str(bare))
-    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate([64, 192, 384, 256, 256])}
-    lin_path = folder / "alex.pth"
-    torch.save(lin, lin_path)
-    return backbone, bare, lin_path
+    home = tmp_path_factory.mktemp("torch_home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(alexnet(weights=None).state_dict(), home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    return home
 
 
-def test_lpips_of_identical_images_is_zero(lpips_files):
-    backbone, _, lin = lpips_files
+def _no_download(*args, **kwargs):
+    raise AssertionError("a download was attempted")
+
+
+@pytest.fixture
+def torch_home(random_alexnet_home, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(random_alexnet_home))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
+    return random_alexnet_home
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # lpips passes torchvision's deprecated `pretrained=`
+def test_lpips_equals_the_lpips_package_with_the_same_backbone(torch_home):
+    import lpips
+
     img = smooth_image(64, 64)
-    value, reason = lpips_value(img, img.copy(), backbone=backbone, lin=lin)
+    other = noisy(img, 10)
+    ours, reason = lpips_value(other, img)
+    # The package as users run it: pretrained trunk, which torchvision finds in
+    # the (temporary) hub cache, so nothing is fetched.
+    reference = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=False, verbose=False)
+    as_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+    with torch.no_grad():
+        expected = reference(as_tensor(other), as_tensor(img), normalize=True).item()
+    assert reason is None and expected > 0
+    assert ours == pytest.approx(expected, abs=1e-5)
+
+
+def test_lpips_of_identical_images_is_zero(torch_home):
+    img = smooth_image(64, 64)
+    value, reason = lpips_value(img, img.copy())
     assert reason is None and abs(value) < 1e-6
 
 
-def test_lpips_is_positive_and_grows_with_noise(lpips_files):
-    backbone, _, lin = lpips_files
+def test_lpips_is_positive_and_grows_with_noise(torch_home):
     img = smooth_image(64, 64)
-    light, _ = lpips_value(noisy(img, 5), img, backbone=backbone, lin=lin)
-    heavy, _ = lpips_value(noisy(img, 40), img, backbone=backbone, lin=lin)
+    light, _ = lpips_value(noisy(img, 5), img)
+    heavy, _ = lpips_value(noisy(img, 40), img)
     assert 0 < light < heavy
 
 
-def test_lpips_loads_backbone_without_features_prefix_from_safetensors(lpips_files):
-    backbone, bare, lin = lpips_files
-    a = torch.rand(1, 3, 32, 32) * 2 - 1
-    b = torch.rand(1, 3, 32, 32) * 2 - 1
-    with_prefix = LPIPS.from_files(backbone, lin)(a, b)
-    without = LPIPS.from_files(bare, lin)(a, b)
-    assert with_prefix.shape == (1,) and torch.equal(with_prefix, without)
-
-
-def test_lpips_reads_weight_paths_from_environment(lpips_files, monkeypatch):
-    backbone, _, lin = lpips_files
-    monkeypatch.setenv("UPSCALER_LPIPS_BACKBONE", str(backbone))
-    monkeypatch.setenv("UPSCALER_LPIPS_LIN", str(lin))
-    img = smooth_image(64, 64)
-    value, reason = lpips_value(noisy(img, 10), img)
-    assert reason is None and value > 0
-
-
-def test_lpips_without_weight_files_returns_reason_naming_env_vars(monkeypatch, tmp_path):
-    monkeypatch.delenv("UPSCALER_LPIPS_BACKBONE", raising=False)
-    monkeypatch.delenv("UPSCALER_LPIPS_LIN", raising=False)
+def test_lpips_without_backbone_file_is_none_with_reason_naming_the_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
     img = smooth_image(64, 64)
     value, reason = lpips_value(img, img)
     assert value is None
-    assert "UPSCALER_LPIPS_BACKBONE" in reason and "UPSCALER_LPIPS_LIN" in reason
-    value, reason = lpips_value(img, img, backbone=tmp_path / "missing.pth", lin=tmp_path / "alex.pth")
-    assert value is None and "missing.pth" in reason
+    assert str(tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth") in reason
 
 
-def test_lpips_network_is_built_once_per_paths_and_device(lpips_files):
+def test_lpips_network_is_built_once_per_backbone_and_device(torch_home):
     from pipeline.metrics import _cached_lpips
 
-    backbone, _, lin = lpips_files
     img = smooth_image(64, 64)
-    lpips_value(img, img, backbone=backbone, lin=lin)
+    lpips_value(img, img)
     misses = _cached_lpips.cache_info().misses
-    lpips_value(noisy(img, 5), img, backbone=backbone, lin=lin)
+    lpips_value(noisy(img, 5), img)
     assert _cached_lpips.cache_info().misses == misses

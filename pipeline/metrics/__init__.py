@@ -4,27 +4,21 @@ PSNR and SSIM follow the common protocol (BasicSR / the MATLAB reference
 code): Y channel of ITU-R BT.601 YCbCr, `shave` border pixels cropped, no
 rounding of Y, so numbers are comparable with published tables. `lr_psnr`
 needs no ground truth, so it can score archive images that have no HR
-version. LPIPS reproduces the `lpips` package (v0.1) from local weight
-files only: nothing is downloaded.
+version. LPIPS is the `lpips` package (v0.1, AlexNet) with torchvision's
+AlexNet weights taken from its cache only: nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.ndimage import correlate1d
-from torch import nn
 
 from pipeline.inference.resize import imresize
-
-BACKBONE_ENV = "UPSCALER_LPIPS_BACKBONE"
-LIN_ENV = "UPSCALER_LPIPS_LIN"
-
 
 def _dtype_range(dtype: np.dtype) -> float:
     """Peak value for a dtype: integer max, 1.0 for float."""
@@ -216,83 +210,32 @@ def sam_degrees(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- LPIPS
 
-# (layer boundaries in torchvision's `features`, channels per tapped layer)
-_NETS = {
-    "alex": ((2, 5, 8, 10, 12), (64, 192, 384, 256, 256)),
-    "vgg": ((4, 9, 16, 23, 30), (64, 128, 256, 512, 512)),
-}
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet ImageNet weights, as its hub cache names them
 
 
-def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class LPIPS(nn.Module):
-    """Learned perceptual distance of Zhang et al. 2018 (lpips v0.1).
-
-    Inputs are NCHW RGB tensors in [-1, 1]; the result has one value per
-    image, shape (N,). Built with random weights; use `from_files` for the
-    real ones.
-    """
-
-    def __init__(self, net: str = "alex"):
-        super().__init__()
-        from torchvision import models
-
-        if net not in _NETS:
-            raise ValueError(f"unknown LPIPS net {net!r}; choose from {sorted(_NETS)}")
-        self.net = net
-        self.ends, channels = _NETS[net]
-        self.features = (models.alexnet if net == "alex" else models.vgg16)(weights=None).features
-        self.features = self.features[: self.ends[-1]]
-        self.lins = nn.ModuleList(nn.Sequential(nn.Dropout(), nn.Conv2d(c, 1, 1, bias=False)) for c in channels)
-        # lpips ScalingLayer constants.
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
-        self.eval().requires_grad_(False)
-
-    @classmethod
-    def from_files(cls, backbone: str | Path, lin: str | Path, net: str = "alex") -> "LPIPS":
-        """Load a torchvision backbone state dict (`features.N.*` keys, prefix
-        optional, classifier keys ignored) and the lpips linear layers
-        (`linK.model.1.weight`), from .pth or .safetensors."""
-        model = cls(net)
-        state = _load_state_dict(backbone)
-        if any(k.startswith("features.") for k in state):
-            state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        model.features.load_state_dict(state)
-        # "lin3.model.1.weight" -> "3.1.weight" (ModuleList index, Sequential index)
-        lin_state = {k.replace("lin", "", 1).replace(".model.", ".", 1): v for k, v in _load_state_dict(lin).items()}
-        model.lins.load_state_dict(lin_state)
-        return model
-
-    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs, start = [], 0
-        for end in self.ends:
-            x = self.features[start:end](x)
-            outs.append(x)
-            start = end
-        return outs
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = (x - self.shift) / self.scale
-        y = (y - self.shift) / self.scale
-        total = 0
-        for fx, fy, lin in zip(self._taps(x), self._taps(y), self.lins):
-            fx = fx / (torch.sqrt(torch.sum(fx**2, dim=1, keepdim=True)) + 1e-10)
-            fy = fy / (torch.sqrt(torch.sum(fy**2, dim=1, keepdim=True)) + 1e-10)
-            total = total + lin((fx - fy) ** 2).mean(dim=(2, 3))
-        return total.view(-1)
+def alexnet_weights_path() -> Path:
+    """Where torchvision keeps its downloaded AlexNet weights (torch hub cache,
+    TORCH_HOME honoured): the file `lpips` would use, read at each call so a
+    changed TORCH_HOME is seen."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
 
 
 @lru_cache(maxsize=4)
-def _cached_lpips(backbone: str, lin: str, device: str) -> LPIPS:
-    return LPIPS.from_files(backbone, lin).to(device)
+def _cached_lpips(backbone: str, device: str):
+    """The `lpips` package's own model, built with a random trunk (so
+    torchvision downloads nothing) and the trunk then loaded from `backbone`;
+    the linear layers are the package's bundled weights/v0.1/alex.pth."""
+    import warnings
+
+    import lpips
+
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=`
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+    state = torch.load(backbone, map_location="cpu", weights_only=True)
+    # lpips keeps torchvision's layer numbers inside its slices: "slice2.3.weight" <- "features.3.weight"
+    model.net.load_state_dict({k: state["features." + k.split(".", 1)[1]] for k in model.net.state_dict()})
+    return model.to(device).eval()
 
 
 def _to_lpips_tensor(img: np.ndarray, device: str) -> torch.Tensor:
@@ -305,22 +248,17 @@ def _to_lpips_tensor(img: np.ndarray, device: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].to(device) * 2 - 1
 
 
-def lpips_value(sr: np.ndarray, hr: np.ndarray, *, backbone=None, lin=None) -> tuple[float | None, str | None]:
-    """LPIPS (AlexNet) between two images, or (None, reason) when the weight
-    files are not available, so callers can report the metric as skipped."""
-    backbone = backbone or os.environ.get(BACKBONE_ENV)
-    lin = lin or os.environ.get(LIN_ENV)
-    for what, path, env in (("backbone", backbone, BACKBONE_ENV), ("linear-layer", lin, LIN_ENV)):
-        if not path or not Path(path).is_file():
-            return None, (
-                f"LPIPS {what} weights not found ({path or 'not set'}); set {BACKBONE_ENV} to a "
-                f"torchvision alexnet features state dict and {LIN_ENV} to lpips weights/v0.1/alex.pth "
-                "(.pth or .safetensors)"
-            )
+def lpips_value(sr: np.ndarray, hr: np.ndarray) -> tuple[float | None, str | None]:
+    """LPIPS (AlexNet, v0.1) between two images, or (None, reason) when
+    torchvision's AlexNet weights are not in its cache: we never download, so
+    callers report the metric as skipped instead of failing the image."""
+    backbone = alexnet_weights_path()
+    if not backbone.is_file():
+        return None, f"LPIPS needs torchvision's AlexNet weights in {backbone}; not downloaded"
     from pipeline.inference.engine import pick_device
 
     device = str(pick_device("auto"))
-    model = _cached_lpips(str(Path(backbone).resolve()), str(Path(lin).resolve()), device)
+    model = _cached_lpips(str(backbone.resolve()), device)
     with torch.no_grad():
         value = model(_to_lpips_tensor(sr, device), _to_lpips_tensor(hr, device))
     return float(value.item()), None
