@@ -2,7 +2,7 @@
 
 Same images, same EDSR-baseline x4 weights (16 blocks x 64 features; speed does
 not depend on the weight values, so a seeded random init is used unless
---weights is given) for three variants:
+--model names a bundled model or a weights file, at that model's scale) for three variants:
 
 - floor_fp32, floor_bf16: read + decode + model forward on whole images, nothing else,
                in each precision (bf16 where the CPU or GPU computes in it natively);
@@ -11,10 +11,10 @@ not depend on the weight values, so a seeded random init is used unless
 - sequential:  the plain loop of Real-ESRGAN's inference script: one image at a
                time, fixed 64 px tiles with 10 px padding, hard-cropped, then written.
 
-Prints one JSON object. Images: the 24 Kodak photos (../shared) downscaled x4 to 192x128 LR,
-or scikit-image's photographs when ../shared is absent.
+Prints one JSON object. Images: the 24 Kodak photos (../shared) downscaled by the model's
+scale (x4: 192x128 LR), or scikit-image's photographs when ../shared is absent.
 
-    python benchmarks/engine.py [--images 24] [--device auto]
+    python benchmarks/engine.py [--images 24] [--device auto] [--model edsr-x2|PATH] [--compile]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pipeline.spec import RunSpec
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
-def lr_images(count: int) -> list[bytes]:
+def lr_images(count: int, scale: int = 4) -> list[bytes]:
     kodak = sorted((SHARED / "data" / "kodak").glob("*.png"))
     if kodak:
         photos = [np.asarray(Image.open(p).convert("RGB")) for p in kodak[:count]]
@@ -55,7 +55,7 @@ def lr_images(count: int) -> list[bytes]:
     files = []
     for pixels in photos:
         image = Image.fromarray(pixels)
-        image = image.resize((image.width // 4, image.height // 4), Image.Resampling.BICUBIC)
+        image = image.resize((image.width // scale, image.height // scale), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         files.append(buffer.getvalue())
@@ -115,16 +115,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--weights", default=None)
+    parser.add_argument("--model", "--weights", dest="weights", default=None,
+                        help="a bundled model's name or a weights file (default: EDSR-baseline x4, random init)")
     parser.add_argument("--compile", action="store_true",
                         help="also time `run --compile` (compile time included: each image shape compiles once)")
     args = parser.parse_args()
     device = pick_device(args.device)
-    files = lr_images(args.images)
     model = edsr_baseline(args.weights)
+    files = lr_images(args.images, model.scale)
     module = model.module.eval().to(device, memory_format=torch.channels_last)
     pixels_in = sum(formats.decode_image(d).pixels.shape[0] * formats.decode_image(d).pixels.shape[1] for d in files)
-    mp_out = pixels_in * 16 / 1e6
+    mp_out = pixels_in * model.scale**2 / 1e6
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -139,7 +140,7 @@ def main() -> None:
             results[name] = floor(files, module, device, dtype)
         module = module.to(torch.float32)
         (tmp / "seq").mkdir()
-        results["sequential"] = sequential(files, module, device, tmp / "seq")
+        results["sequential"] = sequential(files, module, device, tmp / "seq", scale=model.scale)
         started = time.perf_counter()
         summary = run_local(RunSpec(src=str(tmp / "src"), dst=str(tmp / "dst"), model=str(weights),
                                       device=str(device)))
@@ -155,7 +156,8 @@ def main() -> None:
 
     report = {
         "benchmark": "engine",
-        "model": f"EDSR-baseline x4 ({model.params} params, {'given weights' if args.weights else 'seeded random init'})",
+        "model": (f"{model.arch} x{model.scale} {model.name} ({model.params} params)" if args.weights
+                  else f"EDSR-baseline x4 ({model.params} params, seeded random init)"),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),

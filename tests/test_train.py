@@ -321,6 +321,44 @@ def test_a_benchmark_image_in_the_training_folder_stops_the_run_naming_it(images
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_deploy_export_keeps_spans_folded_convs_only_and_the_same_output(tmp_path):
+    from pipeline.models.span import SPAN
+
+    torch.manual_seed(0)
+    net = SPAN(scale=2, num_feat=8, num_block=2, gain=2)
+    for p in net.parameters():
+        p.data.normal_(0, 0.1)
+    src = tmp_path / "run.safetensors"
+    safetensors.torch.save_file(net.state_dict(), src)
+    export_weights(str(src), str(tmp_path / "ship.safetensors"), deploy=True)
+    shipped, full = load_model(str(tmp_path / "ship.safetensors")), load_model(str(src))
+    assert shipped.config == {**full.config, "gain": 0}
+    keys = read_state_dict(str(tmp_path / "ship.safetensors"))[0]
+    assert not [k for k in keys if ".sk." in k or ".conv." in k]
+    assert (tmp_path / "ship.safetensors").stat().st_size < 0.3 * src.stat().st_size
+    x = torch.rand(1, 3, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(shipped.module(x), full.module(x), rtol=1e-5, atol=1e-5)
+
+
+def test_validation_names_find_a_lossless_reencoding_and_webp_files_are_training_images(images, tmp_path):
+    from pipeline.train.data import split_sources
+
+    folder = tmp_path / "webp"
+    folder.mkdir()
+    for path in sorted(images.glob("*.png")):
+        Image.open(path).save(folder / f"{path.stem}.webp", lossless=True)
+    names = sorted(p.stem for p in folder.glob("*.webp"))
+    cfg = Config().data
+    cfg.hr, cfg.val_images = str(folder), [f"{names[0]}.png"]
+    train, val = split_sources(cfg)
+    assert [s.key for s in val] == [f"{names[0]}.webp"]
+    assert sorted(s.key for s in train) == [f"{n}.webp" for n in names[1:]]
+    cfg.val_images = ["absent.png"]
+    with pytest.raises(FileNotFoundError, match="absent.png"):
+        split_sources(cfg)
+
+
 # --- Ray Train ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,9 @@ class NativeArch:
     `build`) when the keys are this architecture's, else None; `metadata` holds
     the file's metadata, values JSON-decoded. `convert` maps a foreign key
     layout of the same network onto the module's own keys. `overlap(config)`
-    is the tile overlap to recommend, in input pixels.
+    is the tile overlap to recommend, in input pixels. `deploy` gives the
+    smallest state dict computing the same inference (SPAN: the folded convs
+    without their training branches), for shipping.
     """
 
     name: str
@@ -60,3 +62,4 @@ class NativeArch:
     overlap: Callable[[dict], int]
     supports_half: bool = True
     convert: Callable[[StateDict], StateDict] = _same_layout
+    deploy: Callable[[StateDict], StateDict] = _same_layout

@@ -97,9 +97,12 @@ def split_sources(cfg: DataConfig) -> tuple[list[store.Source], list[store.Sourc
             train += list_images(url, cfg.storage_options)
     if not train:
         raise FileNotFoundError(f"no training images under {[cfg.hr, *cfg.extra_hr]}")
-    wanted = set(cfg.val_images)
-    val = [s for s in train if _names(s.key) & wanted]
-    missing = wanted - set().union(*(_names(s.key) for s in val))
+    # A name with an image extension also matches the same stem in another format
+    # (kodim03.png names kodim03.webp of a lossless re-encoding).
+    wanted = {name: {name, store.split_extension(name)[0]} if "." in name else {name} for name in cfg.val_images}
+    val = [s for s in train if any(_names(s.key) & names for names in wanted.values())]
+    found = set().union(*(_names(s.key) for s in val))
+    missing = {name for name, names in wanted.items() if not names & found}
     if missing:
         raise FileNotFoundError(f"validation images not found among the training images: {sorted(missing)}")
     train = [s for s in train if s not in val]

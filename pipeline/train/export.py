@@ -22,12 +22,17 @@ from pipeline.models.weights import read_state_dict
 from pipeline.store import parse_key_value
 
 
-def export_weights(src: str, dst: str, *, dtype: torch.dtype = torch.float32, extra: dict | None = None) -> dict:
+def export_weights(src: str, dst: str, *, dtype: torch.dtype = torch.float32, extra: dict | None = None,
+                   deploy: bool = False) -> dict:
     """Copy weights `src` -> `dst` with floating tensors cast to `dtype`,
     keeping the metadata (arch, scale, config); writes `dst` minus its
     extension + '.json' (the run's sidecar, when `src` has one, updated with
-    the file's sha256, dtype and `extra`). Returns the sidecar record."""
+    the file's sha256, dtype and `extra`). Returns the sidecar record.
+    `deploy`: the architecture's smallest layout for the same inference (SPAN's
+    folded convs), with the config saying so."""
     state_dict, metadata, _ = read_state_dict(src)
+    if deploy:
+        state_dict, metadata = _deployed(src, state_dict, metadata)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
     data = safetensors.torch.save(tensors, metadata={**metadata, "dtype": str(dtype).removeprefix("torch.")})
     with fsspec.open(dst, "wb") as f:
@@ -45,6 +50,19 @@ def export_weights(src: str, dst: str, *, dtype: torch.dtype = torch.float32, ex
     return record
 
 
+def _deployed(src: str, state_dict: dict, metadata: dict) -> tuple[dict, dict]:
+    from pipeline.models import NATIVE_ARCHS
+    from pipeline.models.weights import metadata_hints
+
+    for arch in NATIVE_ARCHS:
+        config = arch.detect(state_dict, metadata_hints(metadata))
+        if config is not None:
+            deployed = arch.deploy(state_dict)
+            config = arch.detect(deployed, metadata_hints(metadata))
+            return deployed, {**metadata, "config": json.dumps(config)}
+    raise ValueError(f"{src}: not a native architecture; nothing to deploy")
+
+
 def _note(text: str) -> tuple[str, object]:
     """--note KEY=VALUE, parsed as the CLI's --storage-option is (pipeline.store.parse_key_value)."""
     try:
@@ -58,11 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src")
     parser.add_argument("dst")
     parser.add_argument("--fp16", action="store_true", help="store floating tensors as float16")
+    parser.add_argument("--deploy", action="store_true",
+                        help="store the smallest layout computing the same output (SPAN: folded convs only)")
     parser.add_argument("--note", action="append", default=[], type=_note, metavar="KEY=JSON",
                         help="extra sidecar entry (the value as JSON where it parses, else as text)")
     args = parser.parse_args(argv)
     extra = dict(args.note)
-    record = export_weights(args.src, args.dst, dtype=torch.float16 if args.fp16 else torch.float32, extra=extra)
+    record = export_weights(args.src, args.dst, dtype=torch.float16 if args.fp16 else torch.float32, extra=extra,
+                            deploy=args.deploy)
     print(json.dumps({k: record[k] for k in ("file", "sha256", "bytes", "dtype")}))
     return 0
 
