@@ -29,6 +29,8 @@ def name(folder: Path) -> str:
 
 def pack(dest: Path, folders: list[Path], budget: int) -> dict:
     used, report, full = 0, {}, False
+    for folder in folders:  # every folder exists in dest, even one left empty by the budget
+        (dest / name(folder)).mkdir(parents=True, exist_ok=True)
     for folder in folders:
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES)
         kept = 0
