@@ -11,6 +11,7 @@ exception that escapes (a bug of ours) leaves the same rows and record, marked w
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from pipeline.job.prepare import load_spec_model, prepare
@@ -34,32 +35,59 @@ def run_local(spec, *, progress: bool = False) -> dict:
 
 
 def _loop(todo, worker: Worker, sink: RowSink, batch: int) -> None:
-    items = iter(todo)
+    groups = _groups(todo, batch)
     with ThreadPoolExecutor(2, thread_name_prefix="read") as readers, \
             ThreadPoolExecutor(2, thread_name_prefix="write") as writers:
-        reading: deque[Future] = deque()
-        writing: deque[Future] = deque()
+        reading: deque[Future] = deque()  # each a group's ImageWork list
+        writing: deque[Future] = deque()  # each a group's (rows, error)
         try:
             def refill():
-                while len(reading) < 2 * batch:
-                    planned = next(items, None)
-                    if planned is None:
+                while len(reading) < 2:
+                    group = next(groups, None)
+                    if group is None:
                         return
-                    reading.append(readers.submit(worker.read, planned, sink.circuit))
+                    reading.append(readers.submit(_read, worker, group, sink.circuit))
 
             refill()
             while reading:
-                group = []
-                while reading and len(group) < batch:
-                    group.append(reading.popleft().result())
-                    refill()
+                group = reading.popleft().result()
+                refill()
                 worker.infer(group)
-                for work in group:
-                    writing.append(writers.submit(worker.finish, work))
-                while writing and (writing[0].done() or len(writing) > 2 * batch):
-                    sink.add(writing.popleft().result())
+                writing.append(writers.submit(_finish, worker, group))
+                while writing and (writing[0].done() or len(writing) > 2):
+                    _record(writing.popleft().result(), sink)
         finally:
-            for future in reading:  # not started or being read: no row, the image is redone next time
+            for future in reading:  # not started or being read: no row, the images are redone next time
                 future.cancel()
             while writing:  # being written: finish and record, so no output is left without its row
-                sink.add(writing.popleft().result())
+                _record(writing.popleft().result(), sink)
+
+
+def _groups(todo, batch: int):
+    items = iter(todo)
+    while group := list(islice(items, batch)):
+        yield group
+
+
+def _read(worker: Worker, group: list, circuit) -> list:
+    return [worker.read(planned, circuit) for planned in group]
+
+
+def _finish(worker: Worker, group: list) -> tuple[list, BaseException | None]:
+    """The group's rows; an exception that escapes a stage (a bug) is kept until the others are finished
+    and recorded too."""
+    rows, error = [], None
+    for work in group:
+        try:
+            rows.append(worker.finish(work))
+        except BaseException as exc:
+            error = error or exc
+    return rows, error
+
+
+def _record(finished: tuple[list, BaseException | None], sink: RowSink) -> None:
+    rows, error = finished
+    for row in rows:
+        sink.add(row)
+    if error is not None:
+        raise error
