@@ -40,7 +40,8 @@ PLANS = {
         ("span-x4", "span-x4", "span-x2", 0.5, []),
         ("span-x4-gan", "span-x4-gan", "span-x4", 0.2, []),
     ],
-    "edsr-x4": [("edsr-x4", "edsr-x4", None, 1.0, ["data.extra_hr=[\"{data}/urban-train\"]"])],
+    "edsr-x4": [("edsr-x4", "edsr-x4", None, 0.68, ["data.extra_hr=[\"{data}/urban-train\"]"]),
+                ("edsr-x4-finetune", "edsr-x4-finetune", "edsr-x4", 0.32, ["data.extra_hr=[\"{data}/urban-train\"]"])],
 }
 
 

@@ -282,16 +282,17 @@ def test_exported_safetensors_loads_with_load_model_and_runs(images, tmp_path):
     assert (tmp_path / "ship.safetensors").stat().st_size < 0.6 * (tmp_path / "final.safetensors").stat().st_size
 
 
-@pytest.mark.parametrize("arch, options, name", [
-    ("span", "{num_feat=8, num_block=1}", "SPAN"),
-    ("span", "{num_feat=8, num_block=1, gain=0}", "SPAN"),
-    ("compact", "{num_feat=8, num_conv=1}", "Compact"),
+@pytest.mark.parametrize("arch, options, init, name", [
+    ("span", "{num_feat=8, num_block=1}", "", "SPAN"),
+    ("span", "{num_feat=8, num_block=1, gain=0}", "nearest", "SPAN"),
+    ("compact", "{num_feat=8, num_conv=1}", "", "Compact"),
 ])
 def test_efficient_architectures_train_and_export_weights_load_model_recognises(images, tmp_path, arch, options,
-                                                                                 name):
+                                                                                 init, name):
     args = add_train_arguments(argparse.ArgumentParser()).parse_args(
         ["--hr", str(images), "--arch", arch, "--scale", "2", "--out", str(tmp_path / "run"), "--steps", "3",
-         "--no-ray", "--set", f"model.options={options}", "--set", "data.lr_patch=8",
+         "--no-ray", "--set", f"model.options={options}", "--set", f"model.init={json.dumps(init)}",
+         "--set", "data.lr_patch=8",
          "--set", "data.batch_size=2", "--set", "train.progress=false"])
     assert run_train(args) == 0
     model = load_model(str(tmp_path / "run" / "model.safetensors"))
