@@ -151,6 +151,7 @@ def _load_native(arch: NativeArch, config: dict, state_dict: StateDict, **fields
         out_channels=config["num_out_ch"],
         overlap=arch.overlap(config),
         supports_half=arch.supports_half,
+        supports_bf16=arch.supports_bf16,
         params=sum(p.numel() for p in module.parameters()),
         config=config,
         **fields,

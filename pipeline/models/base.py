@@ -61,5 +61,6 @@ class NativeArch:
     build: Callable[[dict], torch.nn.Module]
     overlap: Callable[[dict], int]
     supports_half: bool = True
+    supports_bf16: bool = True  # False: `--precision auto` never picks bf16 (explicit bf16 still runs)
     convert: Callable[[StateDict], StateDict] = _same_layout
     deploy: Callable[[StateDict], StateDict] = _same_layout
