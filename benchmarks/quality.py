@@ -55,7 +55,8 @@ def measure(models: list[str], device: str = "cpu") -> list[dict]:
     for scale in scales:
         for model in ["bicubic", *[m for m in models if load_model(m).scale == scale]]:
             loaded = load_model(model, scale=scale)
-            row = {"model": model, "scale": scale, "params": loaded.params}
+            label = model if model in NAMED_MODELS else f"{Path(model).stem} (file)"
+            row = {"model": label, "scale": scale, "params": loaded.params}
             for set_name, path in SETS.items():
                 t0 = time.perf_counter()
                 result = evaluate(str(path), scale, model, device=device, precision="fp32")
