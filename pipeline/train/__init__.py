@@ -23,7 +23,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--hr", help="folder (any fsspec URL) of training HR images [data.hr]")
     parser.add_argument("--extra-hr", action="append", default=None, metavar="URL",
                         help="another training folder (repeatable) [data.extra_hr]")
-    parser.add_argument("--arch", help="srcnn | espcn | edsr | rcan | rrdb [model.arch]")
+    parser.add_argument("--arch", help="srcnn | espcn | edsr | rcan | span | compact | rrdb [model.arch]")
     parser.add_argument("--scale", type=int, help="upscaling factor [model.scale]")
     parser.add_argument("--out", help="run folder (any fsspec URL): checkpoints, metrics.jsonl, model.safetensors [train.out]")
     parser.add_argument("--export", help="also write the final EMA weights here (.safetensors) [train.export]")
