@@ -53,7 +53,7 @@ class ModelConfig:
     scale: int = 4
     options: dict = field(default_factory=dict)  # constructor arguments (num_feat, num_block, ...)
     init_from: str = ""  # weights to start from (shape-matching tensors only, e.g. x2 -> x4)
-    init: str = ""  # "" (random) | "nearest": start as nearest-neighbour upsampling (SPAN, plain form)
+    init: str = ""  # "" (random) | "nearest": start as nearest-neighbour upsampling (SPAN)
     channels_last: bool = True  # ~17% faster on CPU for EDSR
 
 

@@ -102,7 +102,7 @@ class Trainer:
         self.net, self.arch_name, self.model_config = build_model(cfg.model.arch, cfg.model.scale, cfg.model.options)
         if cfg.model.init and not self.checkpoints():
             if cfg.model.init != "nearest" or not hasattr(self.net, "start_as_nearest"):
-                raise ValueError(f"model.init {cfg.model.init!r}: only \"nearest\", for arch span (plain, gain 0)")
+                raise ValueError(f"model.init {cfg.model.init!r}: only \"nearest\", for arch span")
             self.net.start_as_nearest()
         if cfg.model.init_from and not self.checkpoints():  # a resumed run has its own weights
             copied, skipped = init_from(self.net, cfg.model.init_from, cfg.data.storage_options)

@@ -123,16 +123,19 @@ class SPAN(nn.Module):
         CPU steps). Three feature channels carry the input through conv_1 and
         conv_cat to every sub-pixel of the upsampler; the paths from the blocks
         start at zero (as zero-initialised residual branches do) and are learnt.
-        Only for the plain form (gain 0)."""
-        if self.conv_1.gain:
-            raise ValueError("start_as_nearest is for the plain form (gain 0)")
+        In the branch form the carry goes through conv_1's 1x1 skip, the last conv
+        of its branches starting at zero for those channels."""
         c = self.conv_1.eval_conv.in_channels
         scale = int(round((self.upsampler[0].out_channels // c) ** 0.5))
         eye = torch.eye(c)
-        first = self.conv_1.eval_conv
+        first = self.conv_1.sk if self.conv_1.gain else self.conv_1.eval_conv
+        centre = first.kernel_size[0] // 2
         first.weight[:c] = 0
-        first.weight[:c, :, 1, 1] = eye
+        first.weight[:c, :, centre, centre] = eye
         first.bias[:c] = 0
+        if self.conv_1.gain:
+            self.conv_1.conv[2].weight[:c] = 0
+            self.conv_1.conv[2].bias[:c] = 0
         self.conv_cat.weight[:c] = 0
         self.conv_cat.weight[:c, :c, 0, 0] = eye
         self.conv_cat.bias[:c] = 0
