@@ -405,10 +405,11 @@ def test_plain_span_round_trips_through_save_model(tmp_path):
 
 @pytest.mark.parametrize("gain", [0, 2])
 @pytest.mark.parametrize("scale", [2, 4])
-def test_span_started_as_nearest_computes_nearest_upsampling(scale, gain):
+@pytest.mark.parametrize("norm", [True, False])
+def test_span_started_as_nearest_computes_nearest_upsampling(scale, gain, norm):
     from pipeline.models.span import SPAN
 
-    net = SPAN(scale=scale, num_feat=16, num_block=2, gain=gain)
+    net = SPAN(scale=scale, num_feat=16, num_block=2, gain=gain, norm=norm)
     net.start_as_nearest()
     x = image(9, 6)
     nearest = F.interpolate(x, scale_factor=scale, mode="nearest")

@@ -36,7 +36,6 @@ class NamedModel:
     weights: str | None = None
     params: int = 0
     description: str = ""
-    default: bool = False  # the one `upscaler run` uses at its scale when no --model is given
 
 
 NAMED_MODELS: dict[str, NamedModel] = {
@@ -59,10 +58,7 @@ def default_model(scale: float | None = None) -> str:
     reaches it (x1.5 -> edsr-x2, x3 -> edsr-x4 then resized down), the largest
     for bigger scales (repeated passes), bicubic when nothing is upscaled.
     No scale means the models' own: the x4 model."""
-    # one model per scale: the one marked default, else the first registered
-    trained = sorted((m.scale, not m.default, index, name)
-                     for index, (name, m) in enumerate(NAMED_MODELS.items()) if m.weights and m.scale)
-    trained = [(s, name) for i, (s, _, _, name) in enumerate(trained) if i == 0 or trained[i - 1][0] != s]
+    trained = sorted((m.scale, name) for name, m in NAMED_MODELS.items() if m.weights and m.scale)
     if not trained:
         return "bicubic"
     if scale is None:

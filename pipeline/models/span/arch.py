@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import DIV2K_RGB_MEAN
+from ..common import DIV2K_RGB_MEAN, MeanShiftRange
 
 
 def fold_branches(w0, b0, w1, b1, w2, b2, wsk, bsk) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,11 +101,11 @@ class SPAN(nn.Module):
         rgb_mean: tuple[float, ...] = DIV2K_RGB_MEAN,
     ):
         super().__init__()
-        self.img_range = float(img_range)
-        self.register_buffer("mean", torch.tensor(rgb_mean).view(1, -1, 1, 1), persistent=False)
-        if not norm:  # the release marks un-normalised models by this buffer's presence
+        # The release normalises on the way in only (BasicSR's shift and scale); an un-normalised
+        # model is marked by its `no_norm` buffer.
+        self.shift = MeanShiftRange(rgb_mean, img_range) if norm else None
+        if not norm:
             self.register_buffer("no_norm", torch.zeros(1))
-        self.norm = norm
         self.conv_1 = Conv3XC(num_in_ch, num_feat, gain)
         for i in range(1, num_block + 1):
             self.add_module(f"block_{i}", SPAB(num_feat, gain))
@@ -142,13 +142,14 @@ class SPAN(nn.Module):
         up = self.upsampler[0]
         up.weight.zero_()
         for channel in range(c):  # PixelShuffle: output channel o reads conv channels o*s^2 .. o*s^2 + s^2 - 1
-            up.weight[channel * scale * scale : (channel + 1) * scale * scale, channel, 1, 1] = 1 / self.img_range
-        mean = self.mean.flatten() if self.norm else torch.zeros(c)
+            up.weight[channel * scale * scale : (channel + 1) * scale * scale, channel, 1, 1] = (
+                1 / self.shift.img_range if self.shift is not None else 1.0)
+        mean = self.shift.mean.flatten() if self.shift is not None else torch.zeros(c)
         up.bias.copy_(mean.repeat_interleave(scale * scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm:
-            x = (x - self.mean.to(x.dtype)) * self.img_range
+        if self.shift is not None:
+            x = self.shift.normalise(x)
         feature = self.conv_1(x)
         out, first = feature, None
         for i in range(1, self.num_block + 1):
