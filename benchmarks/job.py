@@ -59,7 +59,7 @@ def plan_driver(keys: int) -> dict:
     """Run in a fresh process so its peak RSS is the planner's own."""
     register_implementation("generated", GeneratedListing, clobber=True)
     from pipeline.job.prepare import load_spec_model, prepare
-    from pipeline.job.ray import write_plan
+    from pipeline.job.units import write_plan
     from pipeline.job.worker import build_upscaler
     from pipeline.spec import RunSpec
 

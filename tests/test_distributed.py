@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline import formats
+from pipeline.job import units
 from pipeline.inference.engine import cpu_has_native_bf16
 from pipeline.cli import EXIT_OK, EXIT_SOME_FAILED, main
 
@@ -169,12 +170,12 @@ def test_killing_a_worker_mid_run_loses_no_image_and_duplicates_none(tmp_path, c
     killed, errors = [], []
 
     def kill_one_worker():
-        """SIGKILL this run's actor once a few outputs exist. Its pid comes from the state API of this
-        module's own cluster: matching command lines would also kill other runs' workers on the machine."""
+        """SIGKILL this run's actor once a unit's receipt is written. Its pid comes from the state API of
+        this module's own cluster: matching command lines would also kill other runs' workers on the machine."""
         deadline = time.time() + 60
         try:
             while time.time() < deadline and not killed:
-                if (tmp_path / "dst").exists() and len(list((tmp_path / "dst").glob("*.png"))) >= 3:
+                if list((tmp_path / "dst").glob("_plans/*/receipts/*.parquet")):
                     for pid in upscale_worker_pids()[:1]:
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
@@ -196,8 +197,9 @@ def test_killing_a_worker_mid_run_loses_no_image_and_duplicates_none(tmp_path, c
     for i in range(count):
         assert formats.decode_image((tmp_path / "dst" / f"img{i:02d}.png").read_bytes()).pixels.shape == (256, 256, 3)
     assert not [p for p in (tmp_path / "dst").rglob("*") if p.name.endswith(".tmp")]
-    # The batches the killed actor finished come back from their receipts, not done again.
-    assert sum(r["worker"].endswith(f"-{killed[0]}") for r in rows) >= 2
+    # The units the killed actor finished (of 8 images: blocks of 32 / 4) come back from their receipts,
+    # not done again.
+    assert sum(r["worker"].endswith(f"-{killed[0]}") for r in rows) >= 8
 
 
 def test_two_hundred_images_spread_over_both_workers(tmp_path, capsys):
@@ -216,16 +218,17 @@ def test_two_hundred_images_spread_over_both_workers(tmp_path, capsys):
     assert len(per_worker) == 2 and sum(per_worker.values()) == 200, per_worker
 
 
-def test_a_batch_fed_again_after_a_restart_is_answered_from_its_receipt(tmp_path):
-    from pipeline.job.ray import UpscaleWorker, block_rows
+def test_a_unit_fed_again_after_a_restart_is_answered_from_its_receipt(tmp_path):
+    from pipeline.job.ray import UpscaleWorker
     from pipeline.spec import RunSpec
 
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.png").write_bytes(png(1, 8, 8))
     spec = RunSpec(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2)
-    batch = pa.Table.from_pylist([{"uri": str(src / "a.png"), "key": "a.png", "size": 1, "version": "v1",
-                                   "output_key": "a.png", "refused": ""}])
+    image = {"uri": str(src / "a.png"), "key": "a.png", "size": 1, "version": "v1", "output_key": "a.png",
+             "refused": ""}
+    batch = pa.Table.from_pylist([{"unit": "u1", "images": [image]}], schema=units.PLAN_SCHEMA)
     plan_dir = tmp_path / "dst" / "_plans" / "run"
     plan_dir.mkdir(parents=True)  # as write_plan leaves it; a removed plan (the run ended) gets no receipts
     plan_dir = str(plan_dir)
@@ -234,8 +237,43 @@ def test_a_batch_fed_again_after_a_restart_is_answered_from_its_receipt(tmp_path
     again = UpscaleWorker(spec, "run", "key", 1, plan_dir)(batch).to_pylist()  # a restarted actor
     assert again == first and first[0]["status"] == "ok"
     assert not (tmp_path / "dst" / "a.png").exists()  # not done again
-    assert [block_rows(n, w, 4) for n, w in ((200, 2), (9_999, 8), (1_000_000, 8), (3, 2), (0, 2))] == \
+
+
+def test_blocks_spread_over_the_workers_in_whole_groups():
+    assert [units.block_images(n, w, 4) for n, w in ((200, 2), (9_999, 8), (1_000_000, 8), (3, 2), (0, 2))] == \
         [28, 316, 10_000, 4, 4]
+
+
+def _planned(sizes):
+    from pipeline import store
+    from pipeline.stages.list import PlannedImage
+
+    return [PlannedImage(store.Source(f"file:///s/{i}.png", f"{i}.png", size, "v"), f"{i}.png", "")
+            for i, size in enumerate(sizes)]
+
+
+def test_units_close_at_their_image_count_or_their_bytes_never_below_a_group():
+    tiny = _planned([3_000] * 150)
+    assert [len(u) for u in units.units(tiny, 4)] == [64, 64, 22]
+    photos = _planned([3 << 20] * 10)  # 3 MiB each: 8 MiB reached at the third, a group is four
+    assert [len(u) for u in units.units(photos, 4)] == [4, 4, 2]
+    mixed = _planned([100, 100, 9 << 20, 100, 100, 100, 100])
+    assert [len(u) for u in units.units(mixed, 2)] == [3, 4]
+    assert [p.source.key for u in units.units(mixed, 2) for p in u] == [f"{i}.png" for i in range(7)]
+
+
+def test_the_plan_holds_every_image_once_in_units_a_restart_finds_again(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("file")
+    todo = _planned([3_000] * 300)
+    paths = units.write_plan(todo, fs, str(tmp_path / "plan"), block=128, batch=4)
+    tables = [units.read_chunk(pa.table({"path": [p]}), str(tmp_path), None) for p in paths]
+    rows = [row for t in tables for row in t.to_pylist()]
+    assert [len(t) for t in tables] == [2, 2, 1]  # blocks of 128 images: units of 64, 64 | 64, 64 | 44
+    assert [i["key"] for r in rows for i in r["images"]] == [p.source.key for p in todo]
+    assert rows[0]["unit"] == units.unit_id(f"{i}.png" for i in range(64))
+    assert units.planned_images(rows[-1]["images"])[-1] == todo[-1]
 
 
 def test_ctrl_c_on_a_ray_run_keeps_the_rows_of_every_written_output(tmp_path):

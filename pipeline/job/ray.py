@@ -1,13 +1,13 @@
 """The Ray executor: the only batch-path module that imports Ray.
 
-The driver writes the checked to-do list into Parquet plan chunks under DST/_plans/;
-Ray Data feeds them in batches to a pool of actors, each holding one `Worker` (one
-loaded model, on a GPU where there is one), which reads, upscales and writes its images
-itself through fsspec and returns only the manifest rows. Pixels never travel through
-Ray's object store.
+The driver writes the checked to-do list into Parquet plan chunks under DST/_plans/
+(job/units.py: a block per chunk, a work unit per row); Ray Data feeds the units to a pool
+of actors, each holding one `Worker` (one loaded model, on a GPU where there is one), which
+reads, upscales and writes its images itself through fsspec and returns only the manifest
+rows. Pixels never travel through Ray's object store.
 
 Faults: actors restart when their process dies (max_restarts), and Ray Data re-executes
-the block they held, whose finished batches are answered from their receipts; an output
+the block they held, whose finished units are answered from their receipts; an output
 is written under its final key atomically and the driver records a row only when a
 block's result arrives, so a retried image is written twice at most, recorded once.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import signal
 import socket
@@ -30,18 +29,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from pipeline import store
-from pipeline.job import resume
+from pipeline.job import units
 from pipeline.job.prepare import load_spec_model, prepare
 from pipeline.job.recovery import recover, remove_if_empty
 from pipeline.store.manifest import to_table, ManifestRow
 from pipeline.job.sink import RowSink, recording
 from pipeline.job.worker import Worker, build_upscaler
-from pipeline.stages.list import PlannedImage
 
 log = logging.getLogger(__name__)
-
-_PLAN_SCHEMA = pa.schema([("uri", pa.string()), ("key", pa.string()), ("size", pa.int64()),
-                          ("version", pa.string()), ("output_key", pa.string()), ("refused", pa.string())])
 
 
 @dataclass
@@ -138,11 +133,11 @@ def _worker_engine(ray, spec, model, cpus_per: float, gpus_per: float) -> dict:
 
 
 class UpscaleWorker:
-    """A Ray Data actor: one Worker, many batches of planned images -> manifest rows.
+    """A Ray Data actor: one Worker, many work units (job/units.py) -> manifest rows.
 
-    Each finished batch leaves a receipt (its rows) under the run's plan folder. When an
-    actor dies, Ray Data gives its whole block to the restarted actor; the batches with a
-    receipt are answered from it, so only the batches in flight (two at most) are done again."""
+    Each finished unit leaves a receipt (its rows) under the run's plan folder. When an
+    actor dies, Ray Data gives its whole block to the restarted actor; the units with a
+    receipt are answered from it, so only the units in flight (two at most) are done again."""
 
     def __init__(self, spec, run_id: str, config_key: str, cpus: float, plan_dir: str):
         import torch
@@ -153,19 +148,19 @@ class UpscaleWorker:
         self.plan_dir, self.receipts = plan_dir, f"{plan_dir}/receipts"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.concat_tables([self._unit(row["unit"], row["images"]) for row in batch.to_pylist()])
+
+    def _unit(self, name: str, images: list[dict]) -> pa.Table:
         import pyarrow.parquet as pq
 
-        records = batch.to_pylist()
         fs = self.worker.dst_fs
-        receipt = f"{self.receipts}/{_batch_id(records)}.parquet"
+        receipt = f"{self.receipts}/{name}.parquet"
         try:
             with fs.open(receipt, "rb") as f:
                 return pq.read_table(f)
         except FileNotFoundError:
             pass
-        planned = [PlannedImage(store.Source(r["uri"], r["key"], r["size"], r["version"]), r["output_key"],
-                                r["refused"] or "") for r in records]
-        table = to_table(self.worker.process(planned))
+        table = to_table(self.worker.process(units.planned_images(images)))
         try:
             if not fs.exists(self.plan_dir):  # the run has ended (Ctrl-C) and removed it: leave no litter
                 return table
@@ -173,51 +168,8 @@ class UpscaleWorker:
             pq.write_table(table, sink)
             store.write_atomic(fs, receipt, sink.getvalue().to_pybytes())
         except Exception as error:  # a receipt only saves work after a crash; the rows still go back
-            log.warning("could not write the batch receipt %s: %s", receipt, error)
+            log.warning("could not write the unit receipt %s: %s", receipt, error)
         return table
-
-
-def _batch_id(records: list[dict]) -> str:
-    """A name for a batch from its keys: the same batch, fed again after a restart, finds it."""
-    import hashlib
-
-    return hashlib.sha256("\0".join(r["key"] for r in records).encode()).hexdigest()[:24]
-
-
-def block_rows(todo: int, workers: int, batch: int) -> int:
-    """Plan rows per Ray Data block: about four blocks per worker, so every worker gets work
-    whatever the number of images (a block goes to one actor), in whole batches, at most
-    resume.CHUNK (the planning files' size)."""
-    per_block = math.ceil(todo / (4 * max(1, workers))) if todo else batch
-    return min(resume.CHUNK, max(batch, math.ceil(per_block / batch) * batch))
-
-
-def write_plan(todo, fs, plan_dir: str, rows: int = resume.CHUNK) -> list[str]:
-    """The to-do list as Parquet chunks of `rows` under DST/_plans/<run_id>/, readable by every node."""
-    import pyarrow.parquet as pq
-
-    paths = []
-    for index, chunk in enumerate(resume.chunks(todo, rows)):
-        if not paths:
-            fs.makedirs(plan_dir, exist_ok=True)
-        table = pa.Table.from_pylist([{"uri": p.source.uri, "key": p.source.key, "size": p.source.size,
-                                       "version": p.source.version, "output_key": p.output_key,
-                                       "refused": p.refused} for p in chunk], schema=_PLAN_SCHEMA)
-        path = f"{plan_dir}/chunk-{index:06d}.parquet"
-        with fs.open(path, "wb") as f:
-            pq.write_table(table, f)
-        paths.append(path)
-    return paths
-
-
-def read_plan_chunk(batch: pa.Table, dst: str, storage_options: dict | None) -> pa.Table:
-    """A Ray Data task: the plan chunk named in `batch` (one path), as a table of planned images."""
-    import pyarrow.parquet as pq
-
-    fs, _ = store.open_location(dst, storage_options)
-    (path,) = batch.column("path").to_pylist()
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, schema=_PLAN_SCHEMA)
 
 
 def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) -> dict:
@@ -244,20 +196,21 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
     engine_record = {"workers": workers, "cpus_per_worker": cpus_per, "gpus_per_worker": gpus_per, **engine}
     with recording(sink, executor="ray", engine=engine_record,
                    before_close=lambda: _remove_plan(info.dst_fs, plan_dir, info.dst_root)) as outcome:
-        paths = write_plan(p.todo, info.dst_fs, plan_dir, block_rows(len(p.todo), workers, spec.batch_images))
+        paths = units.write_plan(p.todo, info.dst_fs, plan_dir, batch=spec.batch_images,
+                                 block=units.block_images(len(p.todo), workers, spec.batch_images))
         if paths:
             # Not ray.data.read_parquet: its file listing is a task of 1 CPU that Ray Data does not let
             # us size, and on nodes the actors have filled to 0.5 CPU it never starts (the run stalled).
             dataset = ray.data.from_items([{"path": p} for p in paths]).map_batches(
-                read_plan_chunk, fn_kwargs={"dst": spec.dst, "storage_options": spec.storage_options},
+                units.read_chunk, fn_kwargs={"dst": spec.dst, "storage_options": spec.storage_options},
                 batch_size=1, batch_format="pyarrow", num_cpus=0.25)
             results = dataset.map_batches(
                 UpscaleWorker,
                 fn_constructor_kwargs={"spec": spec, "run_id": info.run_id, "config_key": info.config_key,
                                        "cpus": cpus_per, "plan_dir": plan_dir},
-                batch_size=spec.batch_images,
+                batch_size=1,  # a unit: a row of the plan
                 batch_format="pyarrow",
-                # Two batches in each actor at once: one is read and written while the other is
+                # Two units in each actor at once: one is read and written while the other is
                 # inferred (Worker.infer lets one group at a time through the model). No more
                 # blocks queued at an actor than it runs, so the actor up first does not take
                 # the blocks of those still loading their model.

@@ -73,11 +73,14 @@ class Worker:
         work.row.seconds_total = time.perf_counter() - work.started
         return work.row
 
-    def process(self, batch: list[PlannedImage]) -> list[ManifestRow]:
-        """A batch in order, in this thread (the Ray actors' way; thread-safe)."""
-        group = [self.read(planned) for planned in batch]
-        self.infer(group)
-        rows = [self.finish(work) for work in group]
-        for row in rows:
-            self.circuit.record(row)
+    def process(self, unit: list[PlannedImage]) -> list[ManifestRow]:
+        """A work unit in order, `batch_images` at a time, in this thread (the Ray actors'
+        way; thread-safe)."""
+        rows = []
+        for start in range(0, len(unit), self.spec.batch_images):
+            group = [self.read(planned) for planned in unit[start:start + self.spec.batch_images]]
+            self.infer(group)
+            for work in group:
+                rows.append(self.finish(work))
+                self.circuit.record(rows[-1])
         return rows
