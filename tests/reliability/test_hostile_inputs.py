@@ -193,7 +193,7 @@ def test_every_hostile_input_is_either_upscaled_or_a_failed_row_and_nothing_else
 
 
 def test_an_image_over_the_time_limit_fails_alone_and_the_others_finish(tmp_path, capsys):
-    """The limit is checked before and after every forward pass: a 1-tile image finishes, a 600-tile one is stopped."""
+    """The limit is checked before and after every forward pass: a 1-tile image finishes, a 2,500-tile one is stopped."""
     import torch
 
     from pipeline.models import LoadedModel, save_model
@@ -205,9 +205,9 @@ def test_an_image_over_the_time_limit_fails_alone_and_the_others_finish(tmp_path
                            in_channels=3, out_channels=3, config={"num_feat": 8, "num_block": 1, "scale": 2}), weights)
     (tmp_path / "src").mkdir()
     photo(24, 24).save(tmp_path / "src" / "small.png")
-    photo(800, 800).save(tmp_path / "src" / "large.png")
+    photo(1600, 1600).save(tmp_path / "src" / "large.png")
     code = main(["run", str(tmp_path / "src"), str(tmp_path / "dst"), "--model", weights, "--executor", "local",
-                 "--tile", "40", "--overlap", "8", "--time-limit", "0.5", "--batch-size", "1", "--json"])
+                 "--tile", "40", "--overlap", "8", "--time-limit", "1.5", "--batch-size", "1", "--json"])
     capsys.readouterr()
     rows = {r["image_id"]: r for r in pq.read_table(tmp_path / "dst" / "_manifest").to_pylist()}
     assert code == 3 and rows["small.png"]["status"] == "ok"
