@@ -142,6 +142,22 @@ def test_interpolation_models_resize_straight_to_the_target():
     assert np.abs(out.astype(int) - expected).max() <= 1
 
 
+@pytest.mark.parametrize("name", ["bicubic", "lanczos"])
+def test_images_of_one_layout_resized_together_equal_each_resized_alone(name):
+    """A group's equal-sized images share the resize's passes; the values are those of one at a time."""
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (20, 25, 3), dtype=np.uint8) for _ in range(3)]
+    images += [rng.integers(0, 256, (20, 25, 4), dtype=np.uint8),  # same size, other channels
+               rng.integers(0, 65536, (20, 25, 3), dtype=np.uint16),  # same size, other dtype
+               rng.integers(0, 256, (9, 7, 1), dtype=np.uint8)]
+    images.insert(2, rng.integers(0, 256, (9, 7, 1), dtype=np.uint8))
+    upscaler = Upscaler(load_model(name, scale=2))
+    together = upscaler.upscale(images, 2)
+    alone = [upscaler.upscale([image], 2)[0] for image in images]
+    assert [o.shape for o in together] == [(2 * i.shape[0], 2 * i.shape[1], i.shape[2]) for i in images]
+    assert all(o.dtype == i.dtype and np.array_equal(o, a) for o, a, i in zip(together, alone, images))
+
+
 def test_single_channel_model_runs_each_colour_plane():
     seen = []
     model = function_model(lambda x: seen.append(x.shape[1]) or nearest(x), in_channels=1)

@@ -287,7 +287,11 @@ class Upscaler:
             raise ValueError(f"scale must be positive, not {target}")
         prepared = [_to_unit(img) for img in images]
         if self.interpolation:
-            return [self._interpolate(p, target, deadline) for p in prepared]
+            results: list[np.ndarray | None] = [None] * len(prepared)
+            for same in _same_layout(prepared):
+                for i, out in zip(same, self._interpolate([prepared[i] for i in same], target, deadline)):
+                    results[i] = out
+            return results
         upscaled: list[torch.Tensor | None] = [None] * len(prepared)
         for precision in dict.fromkeys(self.precision_for(img.dtype) for img in images):
             indices = [i for i, img in enumerate(images) if self.precision_for(img.dtype) == precision]
@@ -306,30 +310,33 @@ class Upscaler:
 
     # ---------------------------------------------------------------- internals
 
-    def _interpolate(self, p: _Prepared, target: float, deadline: float | None) -> np.ndarray:
-        """Resize band by band, from the input's own pixels into the output
-        array: no whole-image float copy (an 8000 x 8000 RGB x2 would need 6 GiB
-        of float64 output), and the deadline checked between bands."""
+    def _interpolate(self, group: list[_Prepared], target: float, deadline: float | None) -> list[np.ndarray]:
+        """Resize images of one layout (_same_layout) band by band, from their own pixels into
+        the output arrays: no whole-image float copy (an 8000 x 8000 RGB x2 would need 6 GiB
+        of float64 output), and the deadline checked between bands. The group shares each
+        band's passes: on small images a pass costs its dispatch more than its arithmetic."""
+        p = group[0]
         out_hw = self.output_size(p.height, p.width, target)
         kernel = "cubic" if self.model.arch == "bicubic" else "lanczos3"
         color_plan = ResizePlan((p.height, p.width), out_hw, kernel)
         alpha_plan = ResizePlan((p.height, p.width), out_hw, "cubic") if p.has_alpha else None
         planes = (1 if p.gray else 3) + p.has_alpha  # a gray image's three equal planes: resize one
-        out = np.empty((*out_hw, p.channels), dtype=p.dtype)
-        for r0, r1 in color_plan.bands(planes):
+        outs = [np.empty((*out_hw, p.channels), dtype=p.dtype) for _ in group]
+        for r0, r1 in color_plan.bands(planes * len(group)):
             _check(deadline, "between bands of the resize")
             lo, hi = color_plan.input_rows(r0, r1)
             if alpha_plan is not None:
                 a_lo, a_hi = alpha_plan.input_rows(r0, r1)
                 lo, hi = min(lo, a_lo), max(hi, a_hi)
-            unit = p.unit(lo, hi)
-            color = unit[:1] if p.gray else unit[:3]
-            color = color_plan.rows(color[None].double(), r0, r1, lo).float()[0]
+            unit = torch.stack([q.unit(lo, hi) for q in group])
+            color = unit[:, :1] if p.gray else unit[:, :3]
+            color = color_plan.rows(color.double(), r0, r1, lo).float()
             alpha = None
             if alpha_plan is not None:
-                alpha = alpha_plan.rows(unit[-1:][None].double(), r0, r1, lo).float()[0]
-            out[r0:r1] = p.restore(color, alpha)
-        return out
+                alpha = alpha_plan.rows(unit[:, -1:].double(), r0, r1, lo).float()
+            for k, (q, out) in enumerate(zip(group, outs)):
+                out[r0:r1] = q.restore(color[k], None if alpha is None else alpha[k])
+        return outs
 
     def _model_passes(self, colors: list[torch.Tensor], target: float, deadline: float | None,
                       dtype: torch.dtype) -> list[torch.Tensor]:
@@ -588,6 +595,14 @@ class _Prepared:
                 planes = planes * (hi - lo) + lo
             array = planes.cpu().numpy().astype(self.dtype, copy=False)
         return np.ascontiguousarray(array)  # encoders such as libpng need C order
+
+
+def _same_layout(prepared: list[_Prepared]) -> list[list[int]]:
+    """Indices of the images that can share a resize: same size, channels and dtype."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prepared):
+        groups.setdefault((p.height, p.width, p.channels, p.dtype), []).append(i)
+    return list(groups.values())
 
 
 def _to_unit(pixels: np.ndarray) -> _Prepared:

@@ -1,7 +1,11 @@
 """`--executor local`: the whole run in this process, no Ray.
 
-Reads and writes run in threads while the main thread keeps the model busy, with
-bounded queues (at most two groups read ahead, two groups being written). On Ctrl-C or
+Reads and writes run in helper threads while the main thread keeps the model busy, with
+bounded queues (at most two groups read ahead, two groups being written). The helpers
+share one pool sized to the machine: a core for the model's thread, the others for reads
+and writes (at most four). Threads beyond the cores cost more than they overlap: on two
+cores, 1,000 images of 32 px ran 1.3x faster with one helper than with two readers and two
+writers (the GIL changes hands at every small torch or Pillow call). On Ctrl-C or
 SIGTERM the images being written are finished and recorded, the rest of the rows and
 the run record (marked interrupted) are written, and `RunInterrupted` carries the
 summary to the caller: the same command, or `upscaler rerun`, finishes the job. An
@@ -10,6 +14,7 @@ exception that escapes (a bug of ours) leaves the same rows and record, marked w
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from itertools import islice
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,10 +39,15 @@ def run_local(spec, *, progress: bool = False) -> dict:
     return outcome["summary"]
 
 
+def helper_threads() -> int:
+    """Threads for reads and writes beside the model's: the machine's other cores, one to four."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(4, cores - 1))
+
+
 def _loop(todo, worker: Worker, sink: RowSink, batch: int) -> None:
     groups = _groups(todo, batch)
-    with ThreadPoolExecutor(2, thread_name_prefix="read") as readers, \
-            ThreadPoolExecutor(2, thread_name_prefix="write") as writers:
+    with ThreadPoolExecutor(helper_threads(), thread_name_prefix="io") as helpers:
         reading: deque[Future] = deque()  # each a group's ImageWork list
         writing: deque[Future] = deque()  # each a group's (rows, error)
         try:
@@ -46,14 +56,14 @@ def _loop(todo, worker: Worker, sink: RowSink, batch: int) -> None:
                     group = next(groups, None)
                     if group is None:
                         return
-                    reading.append(readers.submit(_read, worker, group, sink.circuit))
+                    reading.append(helpers.submit(_read, worker, group, sink.circuit))
 
             refill()
             while reading:
                 group = reading.popleft().result()
                 refill()
                 worker.infer(group)
-                writing.append(writers.submit(_finish, worker, group))
+                writing.append(helpers.submit(_finish, worker, group))
                 while writing and (writing[0].done() or len(writing) > 2):
                     _record(writing.popleft().result(), sink)
         finally:
