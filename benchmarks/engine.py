@@ -11,10 +11,11 @@ not depend on the weight values, so a seeded random init is used unless
 - sequential:  the plain loop of Real-ESRGAN's inference script: one image at a
                time, fixed 64 px tiles with 10 px padding, hard-cropped, then written.
 
-Prints one JSON object. Images: the 24 Kodak photos (../shared) downscaled by the model's
+Each variant runs --repeat times, in alternating rounds, and the median counts: on a shared
+machine single runs vary by 10% or more. Prints one JSON object. Images: the 24 Kodak photos (../shared) downscaled by the model's
 scale (x4: 192x128 LR), or scikit-image's photographs when ../shared is absent.
 
-    python benchmarks/engine.py [--images 24] [--device auto] [--model edsr-x2|PATH] [--compile]
+    python benchmarks/engine.py [--images 24] [--repeat 3] [--device auto] [--model edsr-x2|PATH] [--compile]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import io
 import json
 import math
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -114,6 +116,7 @@ def sequential(files, module, device, out_dir: Path, tile=64, pad=10, scale=4) -
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every variant; medians are reported")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", "--weights", dest="weights", default=None,
                         help="a bundled model's name or a weights file (default: EDSR-baseline x4, random init)")
@@ -134,25 +137,28 @@ def main() -> None:
             (tmp / "src" / f"{i:03d}.png").write_bytes(data)
         weights = tmp / "edsr.safetensors"
         save_model(model, str(weights))
-        results = {}
-        for name, dtype in (("floor_fp32", torch.float32), ("floor_bf16", torch.bfloat16)):
-            floor(files[:1], module, device, dtype)  # warm-up
-            results[name] = floor(files, module, device, dtype)
-        module = module.to(torch.float32)
-        (tmp / "seq").mkdir()
-        results["sequential"] = sequential(files, module, device, tmp / "seq", scale=model.scale)
-        started = time.perf_counter()
-        summary = run_local(RunSpec(src=str(tmp / "src"), dst=str(tmp / "dst"), model=str(weights),
-                                      device=str(device)))
-        results["end_to_end"] = time.perf_counter() - started
-        precision = Upscaler(model, device=str(device)).precision  # what `auto` chose, as the run did
-        assert summary["ok"] == len(files), summary
-        if args.compile:
+        runs: dict[str, list[float]] = {}
+        for round_ in range(max(1, args.repeat)):
+            for name, dtype in (("floor_fp32", torch.float32), ("floor_bf16", torch.bfloat16)):
+                floor(files[:1], module, device, dtype)  # warm-up
+                runs.setdefault(name, []).append(floor(files, module, device, dtype))
+            module = module.to(torch.float32)
+            (tmp / f"seq{round_}").mkdir()
+            runs.setdefault("sequential", []).append(sequential(files, module, device, tmp / f"seq{round_}",
+                                                                scale=model.scale))
             started = time.perf_counter()
-            summary = run_local(RunSpec(src=str(tmp / "src"), dst=str(tmp / "dst-compiled"), model=str(weights),
-                                        device=str(device), compile=True))
-            results["end_to_end_compile"] = time.perf_counter() - started
+            summary = run_local(RunSpec(src=str(tmp / "src"), dst=str(tmp / f"dst{round_}"), model=str(weights),
+                                        device=str(device)))
+            runs.setdefault("end_to_end", []).append(time.perf_counter() - started)
             assert summary["ok"] == len(files), summary
+            if args.compile:
+                started = time.perf_counter()
+                summary = run_local(RunSpec(src=str(tmp / "src"), dst=str(tmp / f"dst-compiled{round_}"),
+                                            model=str(weights), device=str(device), compile=True))
+                runs.setdefault("end_to_end_compile", []).append(time.perf_counter() - started)
+                assert summary["ok"] == len(files), summary
+        precision = Upscaler(model, device=str(device)).precision  # what `auto` chose, as the run did
+        results = {k: statistics.median(v) for k, v in runs.items()}
 
     report = {
         "benchmark": "engine",
@@ -164,7 +170,9 @@ def main() -> None:
         "images": len(files),
         "lr_size": list(formats.decode_image(files[0]).pixels.shape[:2]),
         "megapixels_out": round(mp_out, 3),
-        "seconds": {k: round(v, 3) for k, v in results.items()},
+        "repeat": max(1, args.repeat),
+        "seconds": {k: round(v, 3) for k, v in results.items()},  # medians
+        "seconds_each_run": {k: [round(x, 2) for x in v] for k, v in runs.items()},
         "megapixels_out_per_second": {k: round(mp_out / v, 4) for k, v in results.items()},
         "end_to_end_precision": precision,
         "end_to_end_vs_floor_fp32_speed": round(results["floor_fp32"] / results["end_to_end"], 3),
