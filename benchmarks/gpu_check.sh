@@ -30,7 +30,7 @@ echo "gpu_throughput (compile) exit $?"
 UPSCALER_CACHE="$OUT/cache" timeout 50 "$PY" -m pipeline.cli calibrate --model edsr-x4 --device cuda --seconds 30 \
   --json > "$OUT/calibrate.json" 2> "$OUT/calibrate.log"
 echo "calibrate exit $?"
-UPSCALER_CACHE="$OUT/cache" timeout 120 "$PY" benchmarks/engine.py --device cuda --compile > "$OUT/engine.json" \
+UPSCALER_CACHE="$OUT/cache" timeout 120 "$PY" benchmarks/engine.py --device cuda --compile --repeat 1 > "$OUT/engine.json" \
   2> "$OUT/engine.log"
 echo "engine exit $?"
 tail -c 3000 "$OUT/gpu_throughput.log" "$OUT/gpu_compile.log"

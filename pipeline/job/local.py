@@ -4,7 +4,7 @@ Reads and writes run in helper threads while the main thread keeps the model bus
 bounded queues (at most two groups read ahead, two groups being written). The helpers
 share one pool sized to the machine: a core for the model's thread, the others for reads
 and writes (at most four). Threads beyond the cores cost more than they overlap: on two
-cores, 1,000 images of 32 px ran 1.3x faster with one helper than with two readers and two
+cores, 1,000 images of 32 px ran 1.2x faster with one helper than with two readers and two
 writers (the GIL changes hands at every small torch or Pillow call). On Ctrl-C or
 SIGTERM the images being written are finished and recorded, the rest of the rows and
 the run record (marked interrupted) are written, and `RunInterrupted` carries the

@@ -3,7 +3,7 @@
     read (stages/read) -> infer (stages/infer) -> write (stages/write) -> score (stages/score)
 
 `--executor local` overlaps reading and writing with inference in threads; a Ray actor
-runs `process` on two batches at once, so one batch is read and written while the other
+runs `process` on two work units at once, so one is read and written while the other
 is inferred. Either way an image's row comes only from here.
 """
 
