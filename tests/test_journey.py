@@ -512,3 +512,11 @@ def test_a_format_that_cannot_hold_the_image_is_refused_before_inference_and_nev
     assert {r["error_type"] for r in rows} == {"OutputFormatError"}
     assert all(r["error"].startswith("read: ") and r["seconds_infer"] is None for r in rows)
     assert run_local(RunSpec(**{**spec, "format": "tiff"}))["ok"] == 3
+
+
+@pytest.mark.parametrize("cores, helpers", [(1, 1), (2, 1), (3, 2), (16, 4)])
+def test_reads_and_writes_get_the_cores_the_model_thread_leaves_at_most_four(monkeypatch, cores, helpers):
+    from pipeline.job import local
+
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert local.helper_threads() == helpers
