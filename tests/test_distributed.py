@@ -255,8 +255,11 @@ def _planned(sizes):
 def test_units_close_at_their_image_count_or_their_bytes_never_below_a_group():
     tiny = _planned([3_000] * 150)
     assert [len(u) for u in units.units(tiny, 4)] == [64, 64, 22]
-    photos = _planned([3 << 20] * 10)  # 3 MiB each: 8 MiB reached at the third, a group is four
-    assert [len(u) for u in units.units(photos, 4)] == [4, 4, 2]
+    thumbnails = _planned([100_000] * 30)  # 100 kB each: 1 MiB on CPU workers at the 11th, 8 MiB on GPUs
+    assert [len(u) for u in units.units(thumbnails, 4)] == [11, 11, 8]
+    assert [len(u) for u in units.units(thumbnails, 4, max_bytes=units.UNIT_BYTES["gpu"])] == [30]
+    photos = _planned([3 << 20] * 10)  # 3 MiB each: over the budget at once, but a group is four
+    assert [len(u) for u in units.units(photos, 4, max_bytes=units.UNIT_BYTES["gpu"])] == [4, 4, 2]
     mixed = _planned([100, 100, 9 << 20, 100, 100, 100, 100])
     assert [len(u) for u in units.units(mixed, 2)] == [3, 4]
     assert [p.source.key for u in units.units(mixed, 2) for p in u] == [f"{i}.png" for i in range(7)]

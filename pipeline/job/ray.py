@@ -197,7 +197,8 @@ def run_ray(spec, options: RayOptions | None = None, *, progress: bool = False) 
     with recording(sink, executor="ray", engine=engine_record,
                    before_close=lambda: _remove_plan(info.dst_fs, plan_dir, info.dst_root)) as outcome:
         paths = units.write_plan(p.todo, info.dst_fs, plan_dir, batch=spec.batch_images,
-                                 block=units.block_images(len(p.todo), workers, spec.batch_images))
+                                 block=units.block_images(len(p.todo), workers, spec.batch_images),
+                                 unit_bytes=units.UNIT_BYTES["gpu" if gpus_per else "cpu"])
         if paths:
             # Not ray.data.read_parquet: its file listing is a task of 1 CPU that Ray Data does not let
             # us size, and on nodes the actors have filled to 0.5 CPU it never starts (the run stalled).

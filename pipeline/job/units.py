@@ -5,8 +5,9 @@ worker, so that every worker gets work whatever the number of images. A *unit* (
 of a chunk) is one actor call: its images are read, upscaled and written in groups of
 `batch_images`, and its rows are kept as a receipt, so a restarted actor redoes at most
 the units it had in flight. Units are sized so that a call's fixed costs (Ray's hand-off,
-the receipt) stay small beside its work: up to UNIT_IMAGES images, fewer when their files
-reach UNIT_BYTES (a file's size is what the plan knows of its cost).
+the receipt) stay small beside its work, and a restart redoes little: up to UNIT_IMAGES
+images, fewer when their files reach a byte budget (a file's size is what the plan knows of
+its cost), larger on GPU workers, where an image takes a hundredth of a CPU's time.
 
 This module imports neither torch nor Ray: Ray Data's read tasks import it on every node,
 and a task that imported the engine would pay torch's start-up (seconds) for a file read.
@@ -26,7 +27,7 @@ from pipeline.job import resume
 from pipeline.stages.list import PlannedImage
 
 UNIT_IMAGES = 64  # per call: 64 images of 32 px take ~0.15 s, beside a few ms of fixed cost
-UNIT_BYTES = 8 << 20  # source bytes per call: photos of a few MB go `batch_images` at a time
+UNIT_BYTES = {"cpu": 1 << 20, "gpu": 8 << 20}  # source bytes per call, by the workers' device
 
 _IMAGE = pa.struct([("uri", pa.string()), ("key", pa.string()), ("size", pa.int64()),
                     ("version", pa.string()), ("output_key", pa.string()), ("refused", pa.string())])
@@ -41,7 +42,7 @@ def block_images(todo: int, workers: int, batch: int) -> int:
 
 
 def units(block: list[PlannedImage], batch: int, *, max_images: int = UNIT_IMAGES,
-          max_bytes: int = UNIT_BYTES) -> Iterator[list[PlannedImage]]:
+          max_bytes: int = UNIT_BYTES["cpu"]) -> Iterator[list[PlannedImage]]:
     """A block's images in plan order, cut into units: a unit closes at `max_images` images
     or once its files reach `max_bytes`, never before `batch` images (the engine's group)."""
     max_images = max(batch, max_images)
@@ -61,7 +62,8 @@ def unit_id(keys: Iterable[str]) -> str:
     return hashlib.sha256("\0".join(keys).encode()).hexdigest()[:24]
 
 
-def write_plan(todo, fs, plan_dir: str, *, block: int = resume.CHUNK, batch: int = 4) -> list[str]:
+def write_plan(todo, fs, plan_dir: str, *, block: int = resume.CHUNK, batch: int = 4,
+               unit_bytes: int = UNIT_BYTES["cpu"]) -> list[str]:
     """The to-do list as Parquet chunks (a block each, a row per unit) under
     DST/_plans/<run_id>/, readable by every node."""
     paths = []
@@ -69,7 +71,7 @@ def write_plan(todo, fs, plan_dir: str, *, block: int = resume.CHUNK, batch: int
         if not paths:
             fs.makedirs(plan_dir, exist_ok=True)
         rows = []
-        for unit in units(chunk, batch):
+        for unit in units(chunk, batch, max_bytes=unit_bytes):
             images = [{"uri": p.source.uri, "key": p.source.key, "size": p.source.size,
                        "version": p.source.version, "output_key": p.output_key, "refused": p.refused}
                       for p in unit]
