@@ -520,3 +520,25 @@ def test_reads_and_writes_get_the_cores_the_model_thread_leaves_at_most_four(mon
 
     monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert local.helper_threads() == helpers
+
+
+def test_the_model_thread_reads_a_group_itself_when_no_helper_has_begun_it():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.job import local
+
+    class Reader:  # records which thread read each image
+        def read(self, planned, circuit):
+            return planned, threading.current_thread().name
+
+    busy = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="io") as helpers:
+        helpers.submit(busy.wait, 10)  # the only helper is writing
+        queued = helpers.submit(local._read, Reader(), ["a", "b"], None)
+        assert local._take((queued, ["a", "b"]), Reader(), None) == [("a", "MainThread"), ("b", "MainThread")]
+        assert queued.cancelled()
+        busy.set()
+        started = helpers.submit(local._read, Reader(), ["c"], None)
+        started.result()
+        assert local._take((started, ["c"]), Reader(), None)[0][1].startswith("io")  # begun: its result

@@ -48,7 +48,7 @@ def helper_threads() -> int:
 def _loop(todo, worker: Worker, sink: RowSink, batch: int) -> None:
     groups = _groups(todo, batch)
     with ThreadPoolExecutor(helper_threads(), thread_name_prefix="io") as helpers:
-        reading: deque[Future] = deque()  # each a group's ImageWork list
+        reading: deque[tuple[Future, list]] = deque()  # each a group being read, and the group
         writing: deque[Future] = deque()  # each a group's (rows, error)
         try:
             def refill():
@@ -56,18 +56,18 @@ def _loop(todo, worker: Worker, sink: RowSink, batch: int) -> None:
                     group = next(groups, None)
                     if group is None:
                         return
-                    reading.append(helpers.submit(_read, worker, group, sink.circuit))
+                    reading.append((helpers.submit(_read, worker, group, sink.circuit), group))
 
             refill()
             while reading:
-                group = reading.popleft().result()
+                group = _take(reading.popleft(), worker, sink.circuit)
                 refill()
                 worker.infer(group)
                 writing.append(helpers.submit(_finish, worker, group))
                 while writing and (writing[0].done() or len(writing) > 2):
                     _record(writing.popleft().result(), sink)
         finally:
-            for future in reading:  # not started or being read: no row, the images are redone next time
+            for future, _ in reading:  # not started or being read: no row, the images are redone next time
                 future.cancel()
             while writing:  # being written: finish and record, so no output is left without its row
                 _record(writing.popleft().result(), sink)
@@ -77,6 +77,15 @@ def _groups(todo, batch: int):
     items = iter(todo)
     while group := list(islice(items, batch)):
         yield group
+
+
+def _take(read: tuple[Future, list], worker: Worker, circuit) -> list:
+    """A group's ImageWork list: read by a helper, or here when no helper has begun it. The
+    model's thread does not wait idle behind work it can do itself (on small images reading
+    and writing take longer than the model). Only reads: they write nothing, so an interrupt
+    in one leaves nothing behind."""
+    future, group = read
+    return _read(worker, group, circuit) if future.cancel() else future.result()
 
 
 def _read(worker: Worker, group: list, circuit) -> list:
