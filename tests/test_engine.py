@@ -173,6 +173,22 @@ def test_half_precision_tile_with_inf_falls_back_to_fp32():
     assert np.array_equal(out, photo(8, 8).repeat(2, axis=0).repeat(2, axis=1))
 
 
+def test_half_precision_tiles_with_nan_fall_back_to_fp32_and_the_others_do_not():
+    """Only the tiles whose half-precision output holds a NaN are redone in fp32."""
+    def nan_in_half_on_the_left(x):
+        out = nearest(x)
+        if x.dtype != torch.float32 and x[0, 0, 0, 0] < 0.5:
+            out[:, :, 1, 1] = float("nan")
+        return out
+    image = photo(16, 32)
+    image[:, :16] = 50  # the left tile starts dark, the right bright
+    image[:, 16:] = 200
+    upscaler = Upscaler(function_model(nan_in_half_on_the_left), tile=16, overlap=0, precision="bf16", device="cpu")
+    out = upscaler.upscale([image])[0]
+    assert upscaler.stats.tiles == 2 and upscaler.stats.fp32_fallback_tiles == 1
+    assert np.array_equal(out, image.repeat(2, axis=0).repeat(2, axis=1))
+
+
 def test_bf16_output_is_close_to_fp32():
     model = tiny_edsr(2)
     image = photo(16, 16)

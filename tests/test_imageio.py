@@ -100,17 +100,26 @@ def test_decode_of_encode_is_bit_exact(fmt, dtype, channels):
 
 
 
-def test_png_of_a_photo_is_lossless_and_smaller_than_with_zlibs_default_strategy():
-    """8-bit PNGs go out with zlib's run-length strategy (faster on photos, as libpng and OpenCV use):
-    scikit-image's astronaut, 422 KB against 466 KB at the same level."""
+def test_png_of_a_photo_is_lossless_and_within_one_percent_of_pillows_adaptive_filtering():
+    """PNGs go out through libpng with the Paeth filter alone and zlib's run-length strategy (png.py):
+    scikit-image's astronaut, 413 KB against Pillow's 411 KB at the same level, written 3x faster."""
     import skimage.data
 
     pixels = skimage.data.astronaut()
     data = encode_image(pixels, like(pixels), "png")
-    default = io.BytesIO()
-    Image.fromarray(pixels).save(default, format="PNG", compress_level=1)
+    adaptive = io.BytesIO()
+    Image.fromarray(pixels).save(adaptive, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     np.testing.assert_array_equal(decode_image(data).pixels, pixels)
-    assert len(data) < 0.95 * len(default.getvalue())
+    assert len(data) < 1.01 * len(adaptive.getvalue())
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_8_bit_png_of_each_layout_is_lossless_and_read_back_by_pillow(channels):
+    pixels = random_pixels(9, 13, channels, np.uint8)
+    data = encode_image(pixels, like(pixels), "png")
+    assert Image.open(io.BytesIO(data)).mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    np.testing.assert_array_equal(decode_image(data).pixels, pixels)
+
 
 def test_16_bit_rgb_png_keeps_values_above_255():
     pixels = np.full((4, 6, 3), 4095, np.uint16)

@@ -41,6 +41,30 @@ def test_blended_constant_tiles_reproduce_the_constant_exactly():
     assert torch.allclose(stitcher.result(), torch.full((3, h * scale, w * scale), 0.25))
 
 
+def test_a_tile_over_the_whole_image_is_the_result_as_it_is_and_a_copy():
+    h, w, scale = 5, 7, 3
+    (whole,) = plan_tiles(h, w, 0, 8)
+    upscaled = torch.rand(3, h * scale, w * scale)
+    stitcher = Stitcher(3, h, w, scale, 8)
+    stitcher.add(whole, upscaled)
+    result = stitcher.result()
+    assert torch.equal(result, upscaled)
+    upscaled.zero_()  # the buffer a next forward pass may reuse
+    assert result.abs().sum() > 0
+
+
+def test_a_whole_tile_and_partial_tiles_blend_as_accumulated_tiles_do():
+    h, w, scale, overlap = 16, 16, 2, 4
+    (whole,) = plan_tiles(h, w, 0, overlap)
+    parts = plan_tiles(h, w, 10, overlap)
+    image = torch.rand(3, h * scale, w * scale)
+    stitcher = Stitcher(3, h, w, scale, overlap)
+    stitcher.add(whole, image)
+    for t in parts:
+        stitcher.add(t, image[:, t.y0 * scale : t.y1 * scale, t.x0 * scale : t.x1 * scale])
+    assert torch.allclose(stitcher.result(), image, atol=1e-6)
+
+
 def test_window_is_zero_in_the_contaminated_band_and_one_at_the_image_border():
     tiles = plan_tiles(64, 64, 32, 16)
     first = tiles[0]  # top-left: image border on top and left, inner on bottom and right

@@ -36,8 +36,8 @@ back as a derived DICOM instance. NIfTI volumes (nifti.py, the optional ``nifti`
 decode to their stack of slices (H x W x slices) in the stored type and are written back
 as the same kind of NIfTI, affine and zooms rescaled in-plane.
 
-Modules: sniff (magic bytes), pillow (PNG 8-bit, JPEG, WebP, BMP, GIF, libtiff TIFFs),
-png16, tiff, gdal (rasterio), dicom, nifti, windows (streaming reads of plain TIFFs), base (the shared types). Every
+Modules: sniff (magic bytes), pillow (8-bit PNG reads, JPEG, WebP, BMP, GIF, libtiff TIFFs),
+png (16-bit PNG reads, every PNG write), tiff, gdal (rasterio), dicom, nifti, windows (streaming reads of plain TIFFs), base (the shared types). Every
 decode failure is an ImageDecodeError naming the file, in one line; every encode failure
 an ImageEncodeError.
 """
@@ -49,7 +49,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from pipeline.formats import nifti, pillow, png16, tiff
+from pipeline.formats import nifti, pillow, png, tiff
 from pipeline.formats.base import (
     DEFAULT_MAX_PIXELS, ORIENTATION, TIFF_DTYPES, DecodedImage, ImageDecodeError, ImageEncodeError, ImageHeader,
     ImageTooLargeError, to_rgb8,
@@ -128,7 +128,7 @@ def _decode_gdal(data: bytes, label: str, max_pixels: int | None) -> DecodedImag
 def _decode_png(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
     # Pillow reduces 16-bit RGB/RGBA/LA PNGs to 8 bit; libpng keeps all 16
     if png_bit_depth(data) == 16:
-        return png16.decode(data, label, max_pixels)
+        return png.decode(data, label, max_pixels)
     return pillow.decode(data, "png", label, max_pixels)
 
 
@@ -300,9 +300,9 @@ def encode_image(
             return tiff.encode_raster(pixels, like, dpi, compress_level, cmyk=cmyk)
         if fmt == "tiff":
             return tiff.encode(pixels, like, dpi, cmyk, compress_level)
-        if fmt == "png" and pixels.dtype == np.uint16:
-            return png16.encode(pixels, like, dpi, compress_level)
-        return pillow.encode(pixels, like, fmt, dpi, cmyk and fmt == "jpeg", quality, compress_level)
+        if fmt == "png":
+            return png.encode(pixels, like, dpi, compress_level)
+        return pillow.encode(pixels, like, fmt, dpi, cmyk and fmt == "jpeg", quality)
     except ImageEncodeError:
         raise
     except MemoryError:

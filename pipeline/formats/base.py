@@ -1,6 +1,6 @@
 """What every format module shares: the result types, the errors, size limits, orientation, EXIF.
 
-Kept apart from the format modules so each of them (pillow, png16, tiff, dicom) imports
+Kept apart from the format modules so each of them (pillow, png, tiff, dicom) imports
 only this, never the package, and the package can re-export them all without cycles.
 """
 

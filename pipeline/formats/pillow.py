@@ -1,4 +1,5 @@
-"""PNG (8-bit), JPEG, WebP, BMP, GIF, and the TIFFs only libtiff decodes well, through Pillow.
+"""PNG reads (8-bit; png.py writes every PNG), JPEG, WebP, BMP, GIF, and the TIFFs only libtiff
+decodes well, through Pillow.
 
 Palette and bilevel input comes back as RGB(A) and gray (re-quantising an upscaled image
 would destroy the detail), CMYK as RGB (Pillow's conversion; JPEG and TIFF output convert
@@ -149,7 +150,7 @@ def pillow_pixels(im: Image.Image, label: str) -> np.ndarray:
     return as_hwc(np.asarray(im if im.mode == target else im.convert(target)))
 
 
-def encode(pixels, like, fmt, dpi, cmyk, quality, compress_level) -> bytes:
+def encode(pixels, like, fmt, dpi, cmyk, quality) -> bytes:
     # Pillow writes WebP gray as RGB and gray+alpha as RGBA (WebP has no gray)
     im = Image.fromarray(np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels))
     if cmyk:
@@ -162,11 +163,7 @@ def encode(pixels, like, fmt, dpi, cmyk, quality, compress_level) -> bytes:
             options["exif"] = like.exif
     if dpi and fmt != "webp":
         options["dpi"] = dpi
-    if fmt == "png":
-        # zlib's run-length strategy, as libpng and OpenCV use for photos: on a 768 x 512 photo at
-        # level 1, 25 ms and 648 KB against the default strategy's 31 ms and 666 KB (same pixels).
-        options.update(compress_level=compress_level, compress_type=zlib.Z_RLE)
-    elif fmt == "jpeg":
+    if fmt == "jpeg":
         options["quality"] = quality
     elif fmt == "webp":
         if quality >= 100:  # exact: keep the colour under fully transparent pixels too

@@ -449,7 +449,9 @@ class Upscaler:
                 torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are stitched already
         out = self._run(module, batch, dtype).float()
         if dtype != torch.float32:
-            bad = ~torch.isfinite(out).flatten(1).all(dim=1)
+            # A tile's sum is finite exactly when its values are (or they overflow float32: also redone);
+            # one reduction instead of a mask the size of the output (0.07 ms vs 1.7 ms on 768 x 512).
+            bad = ~torch.isfinite(out.flatten(1).sum(dim=1))
             if bad.any():
                 self.stats.fp32_fallback_tiles += int(bad.sum())
                 out[bad] = self._run(self._module_fp32(), batch[bad], torch.float32)
@@ -579,13 +581,16 @@ class _Prepared:
         planes = planes.permute(1, 2, 0)
         if np.issubdtype(self.dtype, np.integer):
             info = np.iinfo(self.dtype)
-            unit = planes.clamp(0.0, 1.0) * float(info.max - info.min)
+            # Into a new H x W x C array, then in place: one pass in the output's order, no temporaries
+            # (768 x 512 RGB: 0.8 ms, against 2.8 ms for clamp, scale and round on the permuted view).
+            unit = torch.clamp(planes, 0.0, 1.0, out=planes.new_empty(planes.shape)).mul_(float(info.max - info.min))
             if info.min:  # int16: 0 maps to -32768
-                unit = unit + float(info.min)
+                unit.add_(float(info.min))
             if unit.device.type == "cpu":
                 # NumPy, one thread: torch's round runs an OpenMP region even on a 64 x 64 image, which
                 # cost 8 ms instead of 3 us whenever another process kept the second core busy.
-                array = np.rint(unit.numpy()).astype(self.dtype)
+                array = unit.numpy()
+                array = np.rint(array, out=array).astype(self.dtype)
             else:
                 wide = torch.uint8 if self.dtype == np.uint8 else torch.int32  # torch has no full uint16
                 array = unit.round().to(wide).cpu().numpy().astype(self.dtype, copy=False)

@@ -92,18 +92,34 @@ def blend_window(tile: Tile, scale: int, overlap: int) -> torch.Tensor:
 class Stitcher:
     """Accumulates weighted upscaled tiles of one image and normalises at the end.
     The accumulators live on `device`: on a GPU the tiles never leave it, and
-    only the finished, quantised image is copied back."""
+    only the finished, quantised image is copied back. A tile over the whole image
+    (an image run whole) is the result as it is: its window is all ones, and
+    blending it would cost four passes over the output for the same values."""
 
     def __init__(self, channels: int, height: int, width: int, scale: int, overlap: int,
                  device: torch.device | str = "cpu"):
         self.scale, self.overlap, self.device = scale, overlap, torch.device(device)
-        self.out = torch.zeros(channels, height * scale, width * scale, dtype=torch.float32, device=self.device)
-        self.weight = torch.zeros(1, height * scale, width * scale, dtype=torch.float32, device=self.device)
+        self.shape = (channels, height * scale, width * scale)
+        self.out: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = None
+        self.whole: torch.Tensor | None = None
         self.windows: dict[tuple, torch.Tensor] = {}  # most tiles share one of a few windows
 
     def add(self, tile: Tile, upscaled: torch.Tensor) -> None:
         """Add one upscaled tile (C, h*scale, w*scale), float32."""
         s = self.scale
+        if self.out is None and self.whole is None and (tile.y0, tile.x0, *tile.shape) == (0, 0, *(
+                n // s for n in self.shape[1:])):
+            # A copy: the tile may be a view of a buffer the next forward pass reuses (CUDA graphs).
+            self.whole = upscaled.to(self.device, copy=True)
+            return
+        if self.out is None:
+            self.out = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+            self.weight = torch.zeros(1, *self.shape[1:], dtype=torch.float32, device=self.device)
+            if self.whole is not None:
+                self.out += self.whole
+                self.weight += 1.0
+                self.whole = None
         key = (tile.shape, tile.inner_top, tile.inner_bottom, tile.inner_left, tile.inner_right)
         if key not in self.windows:
             self.windows[key] = blend_window(tile, s, self.overlap).to(self.device)
@@ -113,4 +129,8 @@ class Stitcher:
         self.weight[region] += window
 
     def result(self) -> torch.Tensor:
+        if self.out is None:
+            if self.whole is None:
+                raise ValueError("no tile was added")
+            return self.whole
         return self.out / self.weight.clamp_min(1e-12)

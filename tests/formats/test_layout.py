@@ -27,7 +27,7 @@ def test_the_public_api_is_re_exported(name):
 
 @pytest.mark.parametrize("module, functions", [
     ("pillow", ("decode", "encode")),
-    ("png16", ("decode", "encode")),
+    ("png", ("decode", "encode")),
     ("tiff", ("decode", "encode", "encode_raster", "route", "tiff_layout")),
     ("dicom", ("decode", "encode")),
     ("gdal", ("decode", "encode", "read_geo", "read_header", "WindowReader", "StreamWriter")),

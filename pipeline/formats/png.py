@@ -1,7 +1,12 @@
-"""16-bit PNG through libpng (imagecodecs): Pillow reads 16-bit RGB/RGBA/LA PNGs as 8 bit.
+"""PNG through libpng (imagecodecs): 16-bit reads, and every write.
 
-The header and metadata (ICC, EXIF, dpi) still come from Pillow; libpng decodes the
-pixels, keeping all 16 bits and turning a tRNS key into an alpha channel.
+Reads: Pillow reads 16-bit RGB/RGBA/LA PNGs as 8 bit, so for those the header and
+metadata (ICC, EXIF, dpi) come from Pillow and libpng decodes the pixels, keeping all 16
+bits and turning a tRNS key into an alpha channel (8-bit PNGs are Pillow's, pillow.py).
+Writes: libpng with one filter, Paeth, and zlib's run-length strategy. Pillow tries all
+five filters on every row; on scikit-image's eleven sample images, Paeth alone made files
+0.6% larger in all and wrote them 2-3x faster (a 768 x 512 photo 25 -> 14 ms, a 64 px
+image 0.27 -> 0.07 ms): on a CPU the encoder ran a seventh as long as the model.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
 
 
 def encode(pixels: np.ndarray, like, dpi, compress_level: int) -> bytes:
-    """libpng writes 16-bit PNGs Pillow cannot; the metadata chunks go in after IHDR."""
-    png = imagecodecs.png_encode(pixels[..., 0] if pixels.shape[2] == 1 else pixels, level=compress_level)
+    """An 8- or 16-bit PNG at zlib level `compress_level`; the metadata chunks go in after IHDR."""
+    png = imagecodecs.png_encode(pixels[..., 0] if pixels.shape[2] == 1 else pixels, level=compress_level,
+                                 strategy=zlib.Z_RLE, filter=imagecodecs.PNG.FILTER.PAETH)
     chunks = b""
     if icc := icc_for(like, colour_space(pixels.shape[2], False)):
         chunks += png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
