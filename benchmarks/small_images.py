@@ -4,7 +4,8 @@ Two cases (issue 14): 1,000 images of 32 x 32 with bicubic x2, and 1,000 of 64 x
 `edsr-x2`. For each:
 
 - floor:  a plain loop with the same thread count: Pillow decode, the engine's forward
-          (`Upscaler.upscale`, the same resize or model), PNG encode, write a file;
+          (`Upscaler.upscale`, the same resize or model), PNG encode with the run's settings
+          (libpng, level 1, Paeth filter, run-length strategy: the same bytes), write a file;
 - local:  `upscaler run --executor local` (reads, writes and scoring overlap the model);
 - ray_N:  `upscaler run --executor ray --workers N` on a local Ray (N = 1, 2), and which
           workers did the work (each row names its worker).
@@ -21,15 +22,16 @@ Prints one JSON object: images/s and each executor's speed as a fraction of the 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pyarrow.parquet as pq
 import torch
@@ -60,9 +62,8 @@ def floor(src: Path, out: Path, model: str) -> float:
     for path in files:
         pixels = np.asarray(Image.open(path).convert("RGB"))
         result = upscaler.upscale([pixels], 2)[0]
-        buffer = io.BytesIO()
-        Image.fromarray(result).save(buffer, format="PNG")
-        (out / path.name).write_bytes(buffer.getvalue())
+        (out / path.name).write_bytes(imagecodecs.png_encode(result, level=1, strategy=zlib.Z_RLE,
+                                                            filter=imagecodecs.PNG.FILTER.PAETH))
     return time.perf_counter() - started
 
 

@@ -96,6 +96,18 @@ def test_local_atomic_write_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["y.png"]
 
 
+def test_local_outputs_get_the_permissions_of_a_plain_write_not_a_private_temporary_files(tmp_path):
+    """0666 less the umask (0644 under the usual 022), as `cp` or a plain write would give: the team
+    sharing an archive reads the outputs (a mkstemp file is 0600, and the rename keeps that)."""
+    old = os.umask(0o027)
+    try:
+        fs, root = store.open_location(str(tmp_path))
+        store.write_atomic(fs, f"{root}/y.png", b"data")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "y.png").stat().st_mode & 0o777 == 0o640
+
+
 def test_listing_is_recursive_skips_hidden_and_own_folders_and_honours_globs(tmp_path):
     for name in ["a.png", "sub/b.JPG", "sub/deeper/c.tif", ".hidden.png", "_manifest/x.png", "notes.txt"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

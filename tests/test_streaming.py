@@ -3,6 +3,7 @@ the whole image, memory set by the window, not the image. Small images and a low
 threshold prove the path; the real sizes are in benchmarks/gigapixel.py."""
 
 import io
+import os
 import json
 import tracemalloc
 from pathlib import Path
@@ -175,6 +176,20 @@ def test_streamed_output_to_object_storage_is_uploaded(tmp_path, small_windows):
     data = fs.cat_file("/streamed-out/scene.tif")
     assert tifffile.imread(io.BytesIO(data)).shape == (128, 160, 4)
     assert temporary_files() == before  # the local temporary file is gone
+
+
+def test_a_streamed_local_output_has_a_plain_files_permissions(tmp_path, small_windows):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_geotiff(src / "scene.tif", scene(40, 40), tile=(32, 32))
+    old = os.umask(0o022)
+    try:
+        summary = run_local(RunSpec(src=str(src), dst=str(tmp_path / "dst"), model="bicubic", scale=2.0,
+                                    stream_threshold=1))
+    finally:
+        os.umask(old)
+    assert summary["ok"] == 1 and summary["failures"] == []
+    assert (tmp_path / "dst" / "scene.tif").stat().st_mode & 0o777 == 0o644
 
 
 def test_a_streamed_image_needs_an_integer_scale(tmp_path, small_windows):

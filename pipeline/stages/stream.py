@@ -221,7 +221,10 @@ def run(job: StreamJob, upscaler, scale: float | None, *, deadline: float | None
                     _release_freed_memory()
                     yield cy0 * s, cx0 * s, out
 
-        fd, tmp = tempfile.mkstemp(dir=job.local_dir, prefix=".upscaler-stream-", suffix=".tif.tmp")
+        if job.local_dir:  # in the destination folder, renamed there: a plain output file's permissions
+            fd, tmp = store.new_temporary(job.local_dir, ".upscaler-stream-", ".tif.tmp")
+        else:  # in the temporary directory until uploaded: this user's only
+            fd, tmp = tempfile.mkstemp(prefix=".upscaler-stream-", suffix=".tif.tmp")
         os.close(fd)
         job.tmp_path = tmp
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
-import tempfile
+import secrets
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -176,6 +176,19 @@ def write_atomic(fs, path: str, data: bytes) -> None:
     with_retries(lambda: _write_atomic(fs, path, data), f"writing {path}")
 
 
+def new_temporary(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
+    """(descriptor, path) of a new file in `directory`, to be renamed over an output: created
+    with the permissions a plain write gives it (0666 less the umask). mkstemp's 0600, which
+    the rename keeps, would hide every output from the rest of a team sharing the archive."""
+    for _ in range(100):
+        path = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
 def _write_atomic(fs, path: str, data: bytes) -> None:
     if is_local(fs):
         directory = os.path.dirname(path)
@@ -183,7 +196,7 @@ def _write_atomic(fs, path: str, data: bytes) -> None:
         # The temporary name carries at most 100 bytes of the final one, so a name
         # that fits (255 bytes) is not refused because its temporary name is longer.
         hint = os.fsdecode(os.fsencode(os.path.basename(path))[:100])
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{hint}.", suffix=".tmp")
+        fd, tmp = new_temporary(directory, f".{hint}.", ".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
