@@ -1,5 +1,6 @@
 """Storage: safe keys, output keys and collisions, locations, atomic writes, retries of transient errors, listing."""
 
+import io
 import os
 
 import fsspec
@@ -215,3 +216,26 @@ def test_listing_of_an_object_store_leaves_out_the_excluded_prefix():
         fs.pipe(f"/excl/nest/{name}", b"x")
     listed = sorted(s.key for s in store.list_sources("memory://excl/nest", exclude_prefix="memory://excl/nest/up"))
     assert listed == ["k1.png", "upper/k3.png"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_names_with_a_double_colon_are_read_and_written_as_they_are(where, tmp_path, request):
+    """fsspec.open reads '::' as a chain of filesystems: `ab::c.png` was read as `ab` (FileNotFoundError)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.job.local import run_local
+    from pipeline.spec import RunSpec
+
+    options, root = ({}, str(tmp_path)) if where == "local" else request.getfixturevalue("s3")
+    fs, base = store.open_location(root, options)
+    fs.makedirs(f"{base}/src", exist_ok=True)
+    for name in ("ab::c.png", "plain.png"):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((6, 5, 3), 90, np.uint8)).save(buffer, format="PNG")
+        fs.pipe_file(f"{base}/src/{name}", buffer.getvalue())
+    summary = run_local(RunSpec(src=f"{root}/src", dst=f"{root}/dst", model="bicubic", scale=2,
+                                storage_options=options))
+    assert (summary["ok"], summary["failures"]) == (2, [])
+    out = Image.open(io.BytesIO(fs.cat_file(f"{base}/dst/ab::c.png")))
+    assert out.size == (10, 12)

@@ -288,9 +288,9 @@ def decode(data: bytes, label: str, max_pixels: int | None) -> DecodedImage:
 def open_dataset(uri: str, storage_options: dict | None = None):
     """A rasterio dataset on any fsspec URL: local paths directly, anything else through
     rasterio's opener (GDAL reads the ranges it needs through the file object)."""
-    import fsspec
+    from pipeline import store
 
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = store.object_at(uri, storage_options)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         return rasterio.open(path)
     return rasterio.open(path, opener=fs)

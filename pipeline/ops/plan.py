@@ -76,9 +76,9 @@ def calibrate(model_spec: str, device: str = "auto", tile: int | None = None, pr
 
 def image_size(uri: str, storage_options: dict | None = None) -> tuple[int, int] | None:
     """(width, height) from the header only (a few KB read), or None if unknown."""
-    import fsspec
     from PIL import Image
 
+    from pipeline import store
     from pipeline.formats import TIFF_MAGIC, safe
     from pipeline.stages import read as read_stage
 
@@ -90,7 +90,8 @@ def image_size(uri: str, storage_options: dict | None = None) -> tuple[int, int]
             band = safe.band_files(names, uri)["B02"]
             with rasterio.open(posixpath.join(root, band) if root else band, opener=fs.open) as ds:
                 return ds.width, ds.height
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        fs, path = store.object_at(uri, storage_options)
+        with fs.open(path, "rb") as f:
             head = f.read(1 << 16)
             if head.startswith(TIFF_MAGIC):
                 import tifffile

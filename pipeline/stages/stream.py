@@ -103,9 +103,8 @@ class StreamJob:
 
 
 def _open(uri: str, storage_options: dict):
-    import fsspec
-
-    return fsspec.open(uri, "rb", **(storage_options or {})).open()
+    fs, path = store.object_at(uri, storage_options)
+    return fs.open(path, "rb")
 
 
 def probe(uri: str, storage_options: dict, *, threshold: int, name: str = "") -> StreamJob | None:

@@ -3,7 +3,7 @@
 The code lives in small modules; this package re-exports all of it, so callers
 keep writing `from pipeline import store; store.open_location(...)`:
 
-- fs: open_location, full_uri, is_local, list_sources, read_bytes, write_atomic, new_temporary, source_at,
+- fs: open_location, full_uri, is_local, list_sources, object_at, read_bytes, write_atomic, new_temporary, source_at,
   source_version, Source
 - keys: safe_key, output_key, split_extension, collision_key, is_case_insensitive, relation, new_run_id, UnsafeKeyError
 - retry: with_retries, is_transient (is_storage_error), is_permanent, StorageUnavailable,
@@ -18,7 +18,7 @@ read from, `pipeline.store.retry`: set it there (tests of an outage shorten it).
 from __future__ import annotations
 
 from pipeline.store.fs import (IMAGE_EXTENSIONS, RESERVED_PREFIXES, Source, full_uri, is_local, list_sources,
-                               new_temporary, open_location, read_bytes, source_at, source_version,
+                               new_temporary, object_at, open_location, read_bytes, source_at, source_version,
                                write_atomic)
 from pipeline.store.keys import (UnsafeKeyError, collision_key, is_case_insensitive, new_run_id, output_key,
                                  relation, safe_key, split_extension)
@@ -29,7 +29,7 @@ from pipeline.store.retry import (PERMANENT_ERRORS, QUARANTINABLE, KeyRejectedEr
 
 __all__ = [
     "IMAGE_EXTENSIONS", "RESERVED_PREFIXES", "Source", "full_uri", "is_local", "list_sources", "open_location", "read_bytes",
-    "new_temporary", "source_at", "source_version", "write_atomic",
+    "new_temporary", "object_at", "source_at", "source_version", "write_atomic",
     "UnsafeKeyError", "collision_key", "is_case_insensitive", "new_run_id", "output_key", "relation", "safe_key", "split_extension",
     "parse_key_value",
     "PERMANENT_ERRORS", "QUARANTINABLE", "KeyRejectedError", "PermanentStorageError", "StorageUnavailable",

@@ -161,9 +161,20 @@ def _relative_key(root: str, path: str) -> str:
     return posixpath.relpath(path, root) if root else path
 
 
+def object_at(uri: str, storage_options: dict | None = None):
+    """(filesystem, path) of the one object a full URI names. Not fsspec.open or url_to_fs:
+    they read '::' as a chain of filesystems, so `photos/ab::c.png` was opened as `photos/ab`
+    (a FileNotFoundError for a file that is there); here '::' is part of the name."""
+    protocol, _ = fsspec.core.split_protocol(uri)
+    fs = fsspec.filesystem(protocol or "file", **(storage_options or {}))
+    return fs, fs._strip_protocol(uri)
+
+
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
+    fs, path = object_at(uri, storage_options)
+
     def read():
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        with fs.open(path, "rb") as f:
             return f.read()
 
     return with_retries(read, f"reading {uri}")
