@@ -522,6 +522,32 @@ def test_reads_and_writes_get_the_cores_the_model_thread_leaves_at_most_four(mon
     assert local.helper_threads() == helpers
 
 
+@pytest.mark.parametrize("dst_on_s3, threads", [(False, 0), (True, 1)])
+def test_with_the_model_on_this_cpu_and_local_files_the_stages_run_in_order_without_helpers(
+        tmp_path, monkeypatch, request, dst_on_s3, threads):
+    """Helpers overlap waiting: with nothing to wait for (CPU model, local files) they only contend."""
+    import threading
+
+    from pipeline.job import local
+    from pipeline.job.worker import Worker
+
+    monkeypatch.setattr(local, "helper_threads", lambda: 1)
+    seen, real = [], Worker.finish
+    monkeypatch.setattr(Worker, "finish", lambda self, work: seen.append(threading.current_thread().name)
+                        or real(self, work))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.png").write_bytes(png(i))
+    options, dst = ({}, str(tmp_path / "dst"))
+    if dst_on_s3:
+        options, bucket = request.getfixturevalue("s3")
+        dst = f"{bucket}/dst"
+    summary = run_local(RunSpec(src=str(src), dst=dst, model="bicubic", scale=2, storage_options=options))
+    assert summary["ok"] == 3
+    assert {name.startswith("io") for name in seen} == {bool(threads)}
+
+
 def test_the_model_thread_reads_a_group_itself_when_no_helper_has_begun_it():
     import threading
     from concurrent.futures import ThreadPoolExecutor
